@@ -1,0 +1,3 @@
+"""Comparative benchmarking harness for LLM customization strategies."""
+
+__version__ = "0.1.0"

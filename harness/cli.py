@@ -1,0 +1,199 @@
+"""`harness run | list | report`.
+
+`run` hands its arguments to Hydra (overrides, `-m` sweeps, launchers) after checking them, so
+that a typo costs a one-line error instead of a stack trace or a half-run sweep.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.settings import CONFIG_DIR
+
+GROUPS = ("model", "task", "strategy", "budget", "engine", "experiment")
+FINISHED: list[Path] = []  # cells run or skipped by this process (basic launcher)
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def check_overrides(args: list[str]) -> None:
+    """Malformed overrides, unknown group options and unknown keys, before anything runs."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    overrides = [a for a in args if not a.startswith("-")]
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except OverrideParseException as exc:
+        bad = next((o for o in overrides if _unparsable(parser, o)), overrides[-1] if overrides else "")
+        raise HarnessError(f"malformed override {bad!r} ({str(exc).splitlines()[0][:120]}): "
+                           f"write key=value, e.g. task=arc_easy, or key=a,b with -m to sweep") from None
+    first_values = []
+    for ov in parsed:
+        key = ov.get_key_element()
+        if key.startswith("hydra") or key.startswith("hydra/"):
+            continue
+        group = ov.key_or_group
+        values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+        if group in GROUPS and not ov.is_delete():
+            for value in values:
+                if value in ("null",) and group == "experiment":
+                    continue
+                if value not in options(group):
+                    raise HarnessError(f"unknown {group} {value!r}: choose one of {', '.join(options(group))} "
+                                       f"(see `harness list {group}s`)")
+        prefix = ov.input_line.split("=", 1)[0]
+        first_values.append(f"{prefix}={values[0]}" if values else ov.input_line)
+    _compose(first_values)
+
+
+def _unparsable(parser, override: str) -> bool:
+    try:
+        parser.parse_overrides([override])
+        return False
+    except Exception:
+        return True
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+    except Exception as exc:
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()] or [type(exc).__name__]
+        raise HarnessError(f"invalid configuration: {' '.join(lines[:2])} (see `harness list` and configs/)") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _hydra_run(args: list[str]) -> None:
+    import hydra
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+    def entry(cfg) -> None:
+        from harness.runner import run_cell
+
+        try:
+            FINISHED.append(run_cell(cfg))
+        except HarnessError as exc:
+            _fail(str(exc))
+
+    saved = sys.argv
+    sys.argv = ["harness run", *args]
+    try:
+        entry()
+    finally:
+        sys.argv = saved
+
+
+def cmd_run(args: list[str]) -> None:
+    if not args:
+        args = ["experiment=default"]
+    if any(a in ("-h", "--help", "--hydra-help") for a in args):
+        _hydra_run(args)
+        return
+    check_overrides(args)
+    FINISHED.clear()
+    _hydra_run(args)
+    if FINISHED:
+        from harness import report
+        from harness.settings import runs_dir
+
+        folders = list(dict.fromkeys(FINISHED))
+        root = runs_dir(os.environ.get("HARNESS_RUNS_DIR") or _runs_dir_override(args) or "runs")
+        out = root / "report"
+        text = report.build(out, folders=folders)
+        print(text)
+        print(f"[harness] {len(folders)} cell(s); records under {root}/, report in {out}/ "
+              f"(leaderboard.md, leaderboard.csv, significance.csv, accuracy_vs_flops.png)")
+
+
+def _runs_dir_override(args: list[str]) -> str | None:
+    for a in args:
+        if a.startswith("runs_dir="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def cmd_list(what: str) -> None:
+    from omegaconf import OmegaConf
+
+    plural = {"tasks": "task", "strategies": "strategy", "models": "model", "budgets": "budget",
+              "experiments": "experiment", "engines": "engine"}
+    group = plural.get(what, what)
+    if group not in GROUPS:
+        raise HarnessError(f"nothing called {what!r} to list: use one of tasks, strategies, models, budgets, "
+                           f"experiments, engines")
+    for name in options(group):
+        cfg = OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")
+        if group == "task":
+            blurb = str(cfg.get("description", "")).split(":")[0]
+            extra = f"{cfg.get('family', '')}: {blurb} (lm-eval task {cfg.get('lm_eval_task')})"
+        elif group == "budget":
+            extra = f"{cfg.kind} ≤ {cfg.amount:g}, horizon {cfg.horizon} queries"
+        elif group == "model":
+            extra = f"{cfg.source}: {cfg.get('hub_id') or cfg.get('gguf_file') or ''}"
+        elif group == "strategy":
+            extra = f"impl={cfg.get('impl', name)}" + (f", shots={cfg.shots}" if "shots" in cfg else "")
+        else:
+            first = (CONFIG_DIR / group / f"{name}.yaml").read_text().splitlines()
+            extra = next((ln.lstrip("# ").strip() for ln in first if ln.startswith("#") and "@package" not in ln), "")
+        print(f"{name:18s} {extra}")
+
+
+def cmd_report(runs: str | None, out: str | None) -> None:
+    from harness import report
+    from harness.settings import runs_dir
+
+    root = Path(runs) if runs else runs_dir()
+    if not root.is_dir():
+        raise HarnessError(f"runs directory {root} does not exist: pass the folder `harness run` wrote to")
+    target = Path(out) if out else root / "report"
+    print(report.build(target, runs_dir=root))
+    print(f"[harness] report in {target}/")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip() + "\n\nusage: harness run [OVERRIDES...] | harness list WHAT | "
+              "harness report [RUNS_DIR] [--out DIR]")
+        return
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "run":
+            cmd_run(rest)
+        elif command == "list":
+            if len(rest) != 1:
+                raise HarnessError("usage: harness list tasks|strategies|models|budgets|experiments|engines")
+            cmd_list(rest[0])
+        elif command == "report":
+            p = argparse.ArgumentParser(prog="harness report")
+            p.add_argument("runs_dir", nargs="?")
+            p.add_argument("--out")
+            ns = p.parse_args(rest)
+            cmd_report(ns.runs_dir, ns.out)
+        else:
+            raise HarnessError(f"unknown command {command!r}: use run, list or report")
+    except HarnessError as exc:
+        _fail(str(exc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""One loader for benchmark splits: the offline mirror first, the Hugging Face Hub otherwise.
+
+Local layout (see ../shared/data/MANIFEST.md): `$HARNESS_DATA_DIR/<owner>/<name>/<config>/<split>.jsonl`.
+Rows carry the Hub dataset's field names, so a task definition reads either source unchanged.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.settings import data_dir, hub_offline
+
+
+@dataclass(frozen=True)
+class SplitRef:
+    path: str  # Hub id, e.g. "allenai/ai2_arc"
+    name: str | None  # Hub config, e.g. "ARC-Easy" ("default" when the dataset has none)
+    split: str
+
+    def __str__(self) -> str:
+        return f"{self.path}/{self.name or 'default'}/{self.split}"
+
+    def local_file(self) -> Path | None:
+        root = data_dir()
+        return root / self.path / (self.name or "default") / f"{self.split}.jsonl" if root else None
+
+
+@dataclass
+class LoadedSplit:
+    ref: SplitRef
+    rows: list[dict]
+    source: str  # "local:<file>" or "hub:<id>"
+    fingerprint: str  # sha256 of the rows as loaded
+
+
+def _fingerprint(rows: list[dict]) -> str:
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _read_jsonl(ref: SplitRef, file: Path) -> list[dict]:
+    rows = []
+    with file.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise HarnessError(
+                    f"malformed row in {ref} ({file}, line {lineno}): {exc.msg}; fix or re-copy that file"
+                ) from None
+    return rows
+
+
+_CACHE: dict[SplitRef, LoadedSplit] = {}
+
+
+def load_split(path: str, name: str | None, split: str) -> LoadedSplit:
+    """Rows of one split, from `$HARNESS_DATA_DIR` when the file is there, else from the Hub."""
+    ref = SplitRef(path, name, split)
+    if ref in _CACHE:
+        return _CACHE[ref]
+    file = ref.local_file()
+    if file is not None and file.is_file():
+        rows, source = _read_jsonl(ref, file), f"local:{file}"
+    else:
+        rows, source = _load_from_hub(ref, file), f"hub:{ref.path}"
+    loaded = LoadedSplit(ref, rows, source, _fingerprint(rows))
+    _CACHE[ref] = loaded
+    return loaded
+
+
+def _load_from_hub(ref: SplitRef, tried: Path | None) -> list[dict]:
+    where = f"no {tried}" if tried else "HARNESS_DATA_DIR is not set"
+    fix = ("set HARNESS_DATA_DIR to a folder holding <owner>/<name>/<config>/<split>.jsonl "
+           "(e.g. ../shared/data) or run with Hub access")
+    if hub_offline():
+        raise HarnessError(f"data for {ref} not found offline ({where}, Hub disabled): {fix}")
+    try:
+        import datasets
+
+        hub_name = None if ref.name in (None, "default") else ref.name
+        ds = datasets.load_dataset(ref.path, hub_name, split=ref.split)
+    except Exception as exc:  # network, missing split, auth: all end the same way for the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HarnessError(f"could not load {ref} ({where}; Hub said: {first[:200]}): {fix}") from None
+    return [dict(row) for row in ds]

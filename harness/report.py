@@ -118,6 +118,7 @@ def plot(board, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     tasks = sorted(board.task.unique())
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False)
@@ -133,6 +134,7 @@ def plot(board, path: Path) -> None:
         f = sorted((pts[i] for i in front))
         ax.plot([p[0] for p in f], [p[1] for p in f], "k--", linewidth=0.8, label="Pareto front")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(f"total FLOPs at horizon (adaptation + {int(sub.horizon.iloc[0])} queries)")
         ax.set_ylabel("accuracy")
         ax.set_title(task)

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from harness.budget import TrainingBudget
-from harness.costs import PhaseMeter
-from harness.errors import HarnessError
+from harness.costs import PhaseMeter, synchronize
+from harness.errors import BudgetTooSmall, HarnessError
 from harness.flops import ModelShape
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -125,69 +125,71 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
             batch.append(encoded[order.pop()])
         return batch
 
-    out_dir = Path(out_dir)
-    result = TrainResult(adapter_dir=str(out_dir / "adapter"), steps=0, examples_seen=0, tokens=0)
-    batch = next_batch()
-    first = _collate(batch, pad_id)
-    budget.check_first_step(shape.lora_train_step(*first["input_ids"].shape), len(batch))
-
-    bar = tqdm(total=100, desc="train", unit="%", disable=not progress, leave=False, mininterval=1.0,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total} % of budget [{elapsed}<{remaining}{postfix}]")
-    start = time.perf_counter()
-    reason, bound = "", False
-    while True:
-        tensors = _collate(batch, pad_id)
-        step_analytic = shape.lora_train_step(*tensors["input_ids"].shape)
-        elapsed = meter.elapsed() if device.type == "cuda" else time.perf_counter() - start
-        if settings.max_steps is not None and result.steps >= settings.max_steps:
-            reason, bound = f"reached strategy.max_steps={settings.max_steps}", False
-            break
-        if not budget.fits(step_analytic, len(batch), elapsed, result.steps):
-            reason, bound = "budget spent", True
-            break
-        frac = budget.progress(elapsed, result.steps)
-        if settings.max_steps:
-            frac = max(frac, result.steps / settings.max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = settings.lr * _lr_factor(frac, settings.warmup_frac)
-        tensors = {k: v.to(device) for k, v in tensors.items()}
-        before = meter.tally.total
-        with meter.count():
-            loss = peft_model(**tensors).loss
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step_measured = meter.tally.total - before
-        n_tokens = int(tensors["attention_mask"].sum())
-        meter.add(flops_analytic=step_analytic, tokens=n_tokens)
-        result.steps += 1
-        result.examples_seen += len(batch)
-        result.tokens += n_tokens
-        result.losses.append(float(loss.detach()))
-        elapsed = time.perf_counter() - start
-        if result.steps == 1 and budget.budget.kind == "seconds" and elapsed > budget.budget.amount:
-            from harness.errors import BudgetTooSmall
-
-            raise BudgetTooSmall(
-                f"budget {budget.budget.name} ({budget.budget.amount:g} s) is shorter than one training step "
-                f"({elapsed:.2f} s): raise budget.amount or lower strategy.batch_size")
-        budget.charge(step_measured, step_analytic, len(batch), elapsed, result.steps)
-        if settings.checkpoint_every and result.steps >= settings.checkpoint_start and \
-                (result.steps - settings.checkpoint_start) % settings.checkpoint_every == 0:
-            path = out_dir / "trajectory" / f"step_{result.steps:06d}"
-            peft_model.save_pretrained(path)
-            result.trajectory.append(str(path))
-        bar.n = round(100 * budget.progress(elapsed, result.steps), 1)
-        bar.set_postfix(step=result.steps, loss=f"{result.losses[-1]:.3f}", refresh=False)
-        bar.update(0)  # redraws at most every `mininterval` seconds
+    try:
+        out_dir = Path(out_dir)
+        result = TrainResult(adapter_dir=str(out_dir / "adapter"), steps=0, examples_seen=0, tokens=0)
         batch = next_batch()
-    bar.close()
-    if result.steps == 0:
-        raise HarnessError("the budget ran out before the first training step finished: raise budget.amount")
-    budget.stop(reason, bound)
-    peft_model.save_pretrained(result.adapter_dir)
-    (out_dir / "train_log.json").write_text(json.dumps({**asdict(result), "settings": asdict(settings)}, indent=1))
-    peft_model.unload()  # give the caller back its base model, without LoRA layers
-    model.eval()
+        first = _collate(batch, pad_id)
+        budget.check_first_step(shape.lora_train_step(*first["input_ids"].shape), len(batch))
+
+        bar = tqdm(total=100, desc="train", unit="%", disable=not progress, leave=False, mininterval=1.0,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total} % of budget [{elapsed}<{remaining}{postfix}]")
+        start = time.perf_counter()
+        reason, bound = "", False
+        while True:
+            tensors = _collate(batch, pad_id)
+            step_analytic = shape.lora_train_step(*tensors["input_ids"].shape)
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            if settings.max_steps is not None and result.steps >= settings.max_steps:
+                reason, bound = f"reached strategy.max_steps={settings.max_steps}", False
+                break
+            if not budget.fits(step_analytic, len(batch), elapsed, result.steps):
+                reason, bound = "budget spent", True
+                break
+            frac = budget.progress(elapsed, result.steps)
+            if settings.max_steps:
+                frac = max(frac, result.steps / settings.max_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = settings.lr * _lr_factor(frac, settings.warmup_frac)
+            tensors = {k: v.to(device) for k, v in tensors.items()}
+            before = meter.tally.total
+            with meter.count():
+                loss = peft_model(**tensors).loss
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_measured = meter.tally.total - before
+            n_tokens = int(tensors["attention_mask"].sum())
+            meter.add(flops_analytic=step_analytic, tokens=n_tokens)
+            result.steps += 1
+            result.examples_seen += len(batch)
+            result.tokens += n_tokens
+            result.losses.append(float(loss.detach()))
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            if result.steps == 1 and budget.budget.kind == "seconds" and elapsed > budget.budget.amount:
+                raise BudgetTooSmall(
+                    f"budget {budget.budget.name} ({budget.budget.amount:g} s) is shorter than one training step "
+                    f"({elapsed:.2f} s): raise budget.amount or lower strategy.batch_size")
+            budget.charge(step_measured, step_analytic, len(batch), elapsed, result.steps)
+            if settings.checkpoint_every and result.steps >= settings.checkpoint_start and \
+                    (result.steps - settings.checkpoint_start) % settings.checkpoint_every == 0:
+                path = out_dir / "trajectory" / f"step_{result.steps:06d}"
+                peft_model.save_pretrained(path)
+                result.trajectory.append(str(path))
+            bar.n = round(100 * budget.progress(elapsed, result.steps), 1)
+            bar.set_postfix(step=result.steps, loss=f"{result.losses[-1]:.3f}", refresh=False)
+            bar.update(0)  # redraws at most every `mininterval` seconds
+            batch = next_batch()
+        bar.close()
+        if result.steps == 0:
+            raise HarnessError("the budget ran out before the first training step finished: raise budget.amount")
+        budget.stop(reason, bound)
+        peft_model.save_pretrained(result.adapter_dir)
+        (out_dir / "train_log.json").write_text(json.dumps({**asdict(result), "settings": asdict(settings)}, indent=1))
+    finally:
+        peft_model.unload()  # the caller gets its base model back, without LoRA layers, even on error
+        model.eval()
     return result

@@ -34,7 +34,7 @@ def runs(tmp_path, monkeypatch):
     ("strategy=magic", "unknown strategy 'magic'"),
     ("budget=flops_1e99", "unknown budget 'flops_1e99'"),
     ("task=[arc", "malformed override"),
-    ("nonsense", "invalid configuration"),
+    ("nonsense", "malformed override 'nonsense'"),
     ("no_such_key=3", "Could not override 'no_such_key'"),
 ])
 def test_bad_names_and_overrides(capsys, runs, override, expected):

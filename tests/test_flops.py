@@ -61,5 +61,8 @@ def test_lora_training_step_measured_matches_analytic(vocab, seq):
     shape = ModelShape.of(model)
     assert shape.lora_params == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     assert measured == pytest.approx(shape.lora_train_step(2, seq), rel=0.15)
-    # A frozen base costs about 2/3 of full fine-tuning: far from 3x forward.
-    assert 1.8 < measured / _measure(lambda: model(input_ids=x)) < 2.6
+    ratio = measured / _measure(lambda: model(input_ids=x))
+    if vocab > 1000:  # linear layers dominate: a frozen base costs ~2x forward, not full fine-tuning's 3x
+        assert 1.8 < ratio < 2.6
+    else:  # attention dominates: its backward recomputes the scores (2.5x its forward), so fwd+bwd > 2.5x
+        assert 2.5 < ratio < 3.6

@@ -53,7 +53,7 @@ def test_lora_adapter_saved_reloaded_gives_the_same_scores(smollm2, arc_easy, tm
     def scores(adapt):
         res = evaluate_adaptation(smollm2.model, smollm2.tokenizer, arc_easy, adapt, indices, 8,
                                   torch.device("cpu"))
-        return res.metrics["acc"], [[float(r[0]) for r in s["filtered_resps"]] for s in res.samples]
+        return res.metrics["acc"], [float(r[0]) for s in res.samples for r in s["filtered_resps"]]
 
     acc_a, ll_a = scores(adaptation)
     # Reload the saved folder as a user would (strategy=adapter), in a fresh Adaptation.

@@ -101,5 +101,5 @@ def test_loss_goes_down_on_a_memorizable_set(fresh_tiny, tmp_path):
 def test_completion_tokens_match_lm_eval_split(tiny):
     ids, start = encode_example(tiny.tokenizer, "Question: 2+2?\nAnswer:", " 4", 256)
     assert tiny.tokenizer.decode(ids[start:]) == " 4"
-    ids, start = encode_example(tiny.tokenizer, "x " * 300, " end", 64)
+    ids, start = encode_example(tiny.tokenizer, "word " * 300 + "?", " end", 64)
     assert len(ids) == 64 and tiny.tokenizer.decode(ids[start:]) == " end"

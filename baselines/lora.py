@@ -29,8 +29,9 @@ class LoraTuning:
         with PhaseMeter("train", ctx.device) as meter:
             result = train_lora(ctx.model, ctx.tokenizer, examples, budget, settings, Path(ctx.workdir), meter,
                                 seed=ctx.seed, progress=ctx.progress)
-        meter.cost.details = {"steps": result.steps, "examples_seen": result.examples_seen,
-                              "final_loss": result.losses[-1], "first_loss": result.losses[0]}
+        meter.cost.details.update({"steps": result.steps, "examples_seen": result.examples_seen,
+                                   "real_tokens": result.tokens,
+                              "final_loss": result.losses[-1], "first_loss": result.losses[0]})
         return Adaptation(
             kind="adapter", adapter_dir=result.adapter_dir, labels_used=min(result.examples_seen, len(examples)),
             costs=[meter.cost], budget=budget.use,

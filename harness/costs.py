@@ -20,7 +20,7 @@ class PhaseCost:
     wall_s: float = 0.0
     flops_measured: int = 0
     flops_analytic: int = 0
-    tokens: int = 0
+    tokens: int = 0  # token positions processed (padding included, as for the FLOPs)
     peak_mem_bytes: int = 0
     peak_mem_kind: str = ""
     device: str = ""
@@ -72,6 +72,7 @@ class PhaseMeter:
         synchronize(self.device)
         self.cost.wall_s += time.perf_counter() - self._start
         self.cost.flops_measured = self.tally.total
+        self.cost.details.update(flops_counted_live=self.tally.counted, flops_reused_by_shape=self.tally.reused)
         if self.device.type == "cuda":
             self.cost.peak_mem_bytes = torch.cuda.max_memory_allocated(self.device)
             self.cost.peak_mem_kind = "cuda_max_allocated"
@@ -80,8 +81,8 @@ class PhaseMeter:
             self.cost.peak_mem_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
             self.cost.peak_mem_kind = "process_max_rss"
 
-    def count(self) -> contextlib.AbstractContextManager:
-        return self.tally.count()
+    def count(self, shape_key=None) -> contextlib.AbstractContextManager:
+        return self.tally.count(shape_key)
 
     def add(self, *, flops_analytic: int = 0, tokens: int = 0) -> None:
         self.cost.flops_analytic += int(flops_analytic)

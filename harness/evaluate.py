@@ -42,7 +42,8 @@ def metered_lm_class():
             self._meter.add(flops_analytic=self._shape.forward(batch, seq), tokens=batch * seq)
             if not self._count:
                 return super()._model_call(inps, attn_mask, labels)
-            with self._meter.count():
+            key = ("forward", tuple(inps.shape), attn_mask is not None, labels is not None)
+            with self._meter.count(key):
                 return super()._model_call(inps, attn_mask, labels)
 
     return MeteredHFLM
@@ -100,7 +101,7 @@ def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices:
     cost = meter.cost
     per_query = {"flops_measured": cost.flops_measured / max(n, 1), "flops_analytic": cost.flops_analytic / max(n, 1),
                  "tokens": cost.tokens / max(n, 1), "wall_s": cost.wall_s / max(n, 1)}
-    cost.details = {"queries": n, "batch_size": batch_size, "flops_counted": count_flops}
+    cost.details.update(queries=n, batch_size=batch_size, flops_counted=count_flops)
     return EvalResult(metrics, samples, cost, n, per_query,
                       {"n-samples": out.get("n-samples", {}).get(task.lm_eval_name),
                        "task_config": _jsonable(out.get("configs", {}).get(task.lm_eval_name, {}))})

@@ -86,13 +86,13 @@ def run_cell(cfg) -> Path:
     result = evaluate_adaptation(loaded.model, loaded.tokenizer, task, adaptation, indices, batch_size, device,
                                  count_flops=bool(cfg.engine.count_flops))
     record = _record(config, key, loaded.info, task, indices, adaptation, result, limit)
+    record["adaptation"] = _relocate(record["adaptation"], str(work), str(folder))  # name published paths
     store.write_jsonl_atomic(work / store.SAMPLES, result.samples)
     store.write_json_atomic(work / store.RECORD, record)
     # Publish the finished cell in one rename; a stale folder of an older run is replaced.
     if folder.exists():
         shutil.rmtree(folder)
     work.rename(folder)
-    _rewrite_adapter_paths(folder, work)
     acc = result.metrics.get("acc")
     say(f"done: {label}: acc={acc:.4f} ± {result.metrics.get('acc_stderr', float('nan')):.4f} (n={result.n})")
     return folder
@@ -114,13 +114,14 @@ def _load_adaptation(work: Path, key: str) -> Adaptation | None:
     return adaptation
 
 
-def _rewrite_adapter_paths(folder: Path, old: Path) -> None:
-    """After the rename, point the record at the adapter's final location."""
-    record = store.read_record(folder)
-    adapter = record["adaptation"].get("adapter_dir")
-    if adapter and adapter.startswith(str(old)):
-        record["adaptation"]["adapter_dir"] = str(folder) + adapter[len(str(old)):]
-        store.write_json_atomic(folder / store.RECORD, record)
+def _relocate(obj, old: str, new: str):
+    if isinstance(obj, str):
+        return new + obj[len(old):] if obj == old or obj.startswith(old + "/") else obj
+    if isinstance(obj, list):
+        return [_relocate(v, old, new) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _relocate(v, old, new) for k, v in obj.items()}
+    return obj
 
 
 def _record(config, key, model_info, task: TaskHandle, indices, adaptation: Adaptation, result, limit) -> dict:

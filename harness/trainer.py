@@ -53,7 +53,7 @@ class TrainResult:
     adapter_dir: str
     steps: int
     examples_seen: int
-    tokens: int
+    tokens: int  # real (non-padding) tokens trained on
     trajectory: list[str] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
@@ -154,7 +154,8 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
                 group["lr"] = settings.lr * _lr_factor(frac, settings.warmup_frac)
             tensors = {k: v.to(device) for k, v in tensors.items()}
             before = meter.tally.total
-            with meter.count():
+            padded = bool((tensors["attention_mask"] == 0).any())
+            with meter.count(("lora_step", tuple(tensors["input_ids"].shape), padded)):
                 loss = peft_model(**tensors).loss
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -162,7 +163,7 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
             optimizer.zero_grad(set_to_none=True)
             step_measured = meter.tally.total - before
             n_tokens = int(tensors["attention_mask"].sum())
-            meter.add(flops_analytic=step_analytic, tokens=n_tokens)
+            meter.add(flops_analytic=step_analytic, tokens=tensors["input_ids"].numel())
             result.steps += 1
             result.examples_seen += len(batch)
             result.tokens += n_tokens

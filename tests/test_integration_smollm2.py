@@ -62,3 +62,24 @@ def test_lora_adapter_saved_reloaded_gives_the_same_scores(smollm2, arc_easy, tm
     assert ll_a == pytest.approx(ll_b, abs=1e-4)
     acc_base, ll_base = scores(Adaptation(kind="none"))
     assert ll_base != pytest.approx(ll_a, abs=1e-4)  # the adapter really changed the model
+
+
+def test_plain_lm_eval_cli_runs_our_task_yaml(smollm2, tmp_path):
+    """`lm_eval --include_path tasks/commonsense` scores our tasks with lm-eval's own HF model."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import ROOT
+
+    cmd = [str(Path(sys.executable).with_name("lm_eval")), "--model", "hf", "--model_args",
+           f"pretrained={smollm2.info['cache']},dtype=float32", "--device", "cpu", "--include_path",
+           str(ROOT / "tasks" / "commonsense"), "--tasks", "harness_boolq", "--limit", "8", "--batch_size", "8",
+           "--output_path", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result_files = list(tmp_path.rglob("results_*.json"))
+    assert len(result_files) == 1
+    results = json.loads(result_files[0].read_text())["results"]["harness_boolq"]
+    assert 0.0 <= results["acc,none"] <= 1.0 and results["acc_stderr,none"] > 0

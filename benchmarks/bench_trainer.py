@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -47,6 +48,8 @@ def main() -> None:
                                  meter, seed=1, progress=False)
             results[label] = (res, meter.cost)
     res, cost = results["timed"]
+    plain_tok_s = _plain_peft_loop(loaded.model, device, args.batch_size,
+                                   round(cost.tokens / res.steps / args.batch_size), res.steps)
     print(f"\nLoRA trainer: {args.model}, rank 8, 7 projections, batch {args.batch_size}, {res.steps} timed steps, "
           f"{cost.device}\n")
     print("| metric | value |")
@@ -54,10 +57,37 @@ def main() -> None:
     print(f"| tokens/s (real tokens) | {res.tokens / cost.wall_s:.0f} |")
     print(f"| tokens/s (positions incl. padding) | {cost.tokens / cost.wall_s:.0f} |")
     print(f"| step time (s) | {cost.wall_s / res.steps:.3f} |")
+    print(f"| plain peft loop, same shapes, no metering: tokens/s (positions) | {plain_tok_s:.0f} |")
     print(f"| measured FLOP/s | {cost.flops_measured / cost.wall_s:.3e} |")
     print(f"| measured / analytic FLOPs | {cost.flops_measured / cost.flops_analytic:.3f} |")
     print(f"| peak memory ({cost.peak_mem_kind}) | {cost.peak_mem_bytes / 2**30:.2f} GiB |")
     print("reproduce: python benchmarks/bench_trainer.py " + " ".join(sys.argv[1:]))
+
+
+def _plain_peft_loop(model, device, batch: int, width: int, steps: int) -> float:
+    """The same LoRA step written plainly (no budget, no FLOP counting, no schedule), for comparison."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from harness.costs import synchronize
+    from harness.trainer import DEFAULT_TARGETS
+
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(DEFAULT_TARGETS),
+                                                  task_type="CAUSAL_LM"))
+    peft_model.train()
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
+    x = torch.randint(0, 1000, (batch, width), device=device)
+    for i in range(steps + 2):
+        if i == 2:
+            synchronize(device)
+            start = time.perf_counter()
+        peft_model(input_ids=x, labels=x).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    peft_model.unload()
+    return steps * batch * width / elapsed
 
 
 if __name__ == "__main__":

@@ -30,33 +30,27 @@ def cell_dir(runs_dir: Path, config: dict, key: str) -> Path:
     return Path(runs_dir) / config["model"]["name"] / config["task"]["name"] / name
 
 
-def write_json_atomic(path: Path, obj, indent: int | None = 1) -> None:
+def _write_atomic(path: Path, write) -> None:
+    """Write through `write(fh)` to a temporary file beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=indent, default=str, allow_nan=True)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, obj, indent: int | None = 1) -> None:
+    _write_atomic(path, lambda fh: json.dump(obj, fh, indent=indent, default=str, allow_nan=True))
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomic(path, lambda fh: fh.writelines(json.dumps(r, default=str, ensure_ascii=False) + "\n" for r in rows))
 
 
 def read_record(folder: Path, key: str | None = None) -> dict | None:

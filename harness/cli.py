@@ -145,8 +145,7 @@ def cmd_list(what: str) -> None:
     for name in options(group):
         cfg = OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")
         if group == "task":
-            blurb = str(cfg.get("description", "")).split(":")[0]
-            extra = f"{cfg.get('family', '')}: {blurb} (lm-eval task {cfg.get('lm_eval_task')})"
+            extra = f"{cfg.get('family', '')}, lm-eval task {cfg.get('lm_eval_task')}"
         elif group == "budget":
             extra = f"{cfg.kind} ≤ {cfg.amount:g}, horizon {cfg.horizon} queries"
         elif group == "model":

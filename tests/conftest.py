@@ -50,3 +50,14 @@ def fresh_tiny():
     from harness.models import load_model
 
     return load_model(compose("model=tiny-random").model, torch.device("cpu"), torch.float32)
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

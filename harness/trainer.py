@@ -84,6 +84,27 @@ def _collate(batch: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
+class _Batches:
+    """Seeded passes over the examples, reshuffled each epoch, as many as the budget allows."""
+
+    def __init__(self, encoded: list, batch_size: int, seed: int) -> None:
+        self.encoded, self.size, self.rng, self.order = encoded, min(batch_size, len(encoded)), random.Random(seed), []
+
+    def next(self) -> list[tuple[list[int], int]]:
+        batch = []
+        while len(batch) < self.size:
+            if not self.order:
+                self.order = list(range(len(self.encoded)))
+                self.rng.shuffle(self.order)
+            batch.append(self.encoded[self.order.pop()])
+        return batch
+
+
+def _on_trajectory(step: int, settings: LoraSettings) -> bool:
+    every, start = settings.checkpoint_every, settings.checkpoint_start
+    return bool(every) and step >= start and (step - start) % every == 0
+
+
 def _lr_factor(progress: float, warmup: float) -> float:
     if warmup > 0 and progress < warmup:
         return max(progress / warmup, 0.01)
@@ -112,23 +133,12 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
-    rng = random.Random(seed)
-    order: list[int] = []
-
-    def next_batch() -> list[tuple[list[int], int]]:
-        nonlocal order
-        batch = []
-        while len(batch) < min(settings.batch_size, len(encoded)):
-            if not order:
-                order = list(range(len(encoded)))
-                rng.shuffle(order)
-            batch.append(encoded[order.pop()])
-        return batch
+    batches = _Batches(encoded, settings.batch_size, seed)
 
     try:
         out_dir = Path(out_dir)
         result = TrainResult(adapter_dir=str(out_dir / "adapter"), steps=0, examples_seen=0, tokens=0)
-        batch = next_batch()
+        batch = batches.next()
         first = _collate(batch, pad_id)
         budget.check_first_step(shape.lora_train_step(*first["input_ids"].shape), len(batch))
 
@@ -175,15 +185,14 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
                     f"budget {budget.budget.name} ({budget.budget.amount:g} s) is shorter than one training step "
                     f"({elapsed:.2f} s): raise budget.amount or lower strategy.batch_size")
             budget.charge(step_measured, step_analytic, len(batch), elapsed, result.steps)
-            if settings.checkpoint_every and result.steps >= settings.checkpoint_start and \
-                    (result.steps - settings.checkpoint_start) % settings.checkpoint_every == 0:
+            if _on_trajectory(result.steps, settings):
                 path = out_dir / "trajectory" / f"step_{result.steps:06d}"
                 peft_model.save_pretrained(path)
                 result.trajectory.append(str(path))
             bar.n = round(100 * budget.progress(elapsed, result.steps), 1)
             bar.set_postfix(step=result.steps, loss=f"{result.losses[-1]:.3f}", refresh=False)
             bar.update(0)  # redraws at most every `mininterval` seconds
-            batch = next_batch()
+            batch = batches.next()
         bar.close()
         if result.steps == 0:
             raise HarnessError("the budget ran out before the first training step finished: raise budget.amount")

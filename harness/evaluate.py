@@ -93,7 +93,7 @@ def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices:
         name, _filter = key.split(",", 1)
         metrics[name] = value
     samples = out["samples"][task.lm_eval_name]
-    for metric in ("acc", "acc_norm"):  # lm-eval gives none for n < 2: fall back to NaN explicitly
+    for metric in ("acc", "acc_norm"):  # where lm-eval reports "N/A", recompute from the per-item outcomes
         values = [float(s[metric]) for s in samples if metric in s]
         if values and not isinstance(metrics.get(f"{metric}_stderr"), float):
             metrics[f"{metric}_stderr"] = _stderr(values)

@@ -16,8 +16,9 @@ def _record(folder, strategy, outcomes, adapt_flops, per_query, labels=0, bound=
         "metrics": {"acc": acc, "acc_stderr": se, "acc_norm": acc, "n": n},
         "adaptation": {"labels_used": labels, "budget": {"spent": adapt_flops, "bound": bound}},
         "adaptation_cost": {"flops_measured": adapt_flops, "wall_s": 1.0, "flops_analytic": adapt_flops},
-        "per_query": {"flops_measured": per_query, "wall_s": 0.1},
-        "at_horizon": {"horizon": 10, "flops_measured": adapt_flops + 10 * per_query},
+        "per_query": {"flops_measured": per_query, "flops_analytic": per_query or 70, "wall_s": 0.1},
+        "at_horizon": {"horizon": 10, "flops_measured": adapt_flops + 10 * per_query,
+                       "flops_analytic": adapt_flops + 10 * (per_query or 70)},
     }
     store.write_json_atomic(folder / "record.json", record)
     store.write_jsonl_atomic(folder / "samples.jsonl",
@@ -44,6 +45,12 @@ def test_leaderboard_paired_test_and_pareto(tmp_path):
     assert bool(board.loc["lora", "budget_bound"]) and board.loc["icl", "labels_used"] == 4
     assert "| m | t | b | lora | 0.833 ±" in text and "p=0.0312" in text
     assert (tmp_path / "out" / "accuracy_vs_flops.png").stat().st_size > 10_000
+
+
+def test_uncounted_evaluation_falls_back_to_analytic_flops(tmp_path):
+    _record(tmp_path / "a", "base", [1, 0, 1, 0], 0, 0)  # evaluated with engine.count_flops=false
+    board, _ = report.leaderboard(report.collect(runs_dir=tmp_path))
+    assert board.loc[0, "per_query_flops"] == 70 and board.loc[0, "total_flops_at_horizon"] == 700
 
 
 def test_pareto_front():

@@ -14,6 +14,11 @@ from harness.errors import HarnessError
 from harness.settings import CONFIG_DIR
 
 GROUPS = ("model", "task", "strategy", "budget", "engine", "experiment")
+PLURALS = {"models": "model", "tasks": "task", "strategies": "strategy", "budgets": "budget", "engines": "engine",
+           "experiments": "experiment"}
+# Hydra flags whose next argument is a value, not an override.
+VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+               "-cd", "--info", "-i", "--experimental-rerun"}
 FINISHED: list[Path] = []  # cells run or skipped by this process (basic launcher)
 
 
@@ -31,7 +36,12 @@ def check_overrides(args: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    overrides = [a for a in args if not a.startswith("-")]
+    overrides, skip = [], False
+    for arg in args:
+        if skip or arg.startswith("-"):
+            skip = arg in VALUE_FLAGS and not skip
+            continue
+        overrides.append(arg)
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)
@@ -51,8 +61,9 @@ def check_overrides(args: list[str]) -> None:
                 if value in ("null",) and group == "experiment":
                     continue
                 if value not in options(group):
+                    plural = next(p for p, g in PLURALS.items() if g == group)
                     raise HarnessError(f"unknown {group} {value!r}: choose one of {', '.join(options(group))} "
-                                       f"(see `harness list {group}s`)")
+                                       f"(see `harness list {plural}`)")
         prefix = ov.input_line.split("=", 1)[0]
         first_values.append(f"{prefix}={values[0]}" if values else ov.input_line)
     _compose(first_values)
@@ -136,9 +147,7 @@ def _runs_dir_override(args: list[str]) -> str | None:
 def cmd_list(what: str) -> None:
     from omegaconf import OmegaConf
 
-    plural = {"tasks": "task", "strategies": "strategy", "models": "model", "budgets": "budget",
-              "experiments": "experiment", "engines": "engine"}
-    group = plural.get(what, what)
+    group = PLURALS.get(what, what)
     if group not in GROUPS:
         raise HarnessError(f"nothing called {what!r} to list: use one of tasks, strategies, models, budgets, "
                            f"experiments, engines")

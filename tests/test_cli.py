@@ -96,3 +96,9 @@ def test_real_process_exit_code_and_single_line():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "unknown task 'nope'" in proc.stderr
+
+
+def test_hydra_flags_with_values_pass_through(capsys, runs):
+    code, out, err = run_cli(capsys, "run", "--cfg", "job", "task=boolq", "strategy=icl")
+    assert code == 0 and "lm_eval_task: harness_boolq" in out and "shots: 4" in out
+    assert not records(runs)

@@ -1,4 +1,5 @@
 """adapter: evaluate an existing peft LoRA adapter folder (yours, or one another tool produced)."""
+import hashlib
 from pathlib import Path
 
 from harness.budget import BudgetUse
@@ -17,6 +18,15 @@ class ExistingAdapter:
             raise HarnessError(f"adapter path {folder} does not exist: pass strategy.path=<a peft adapter folder>")
         if not (folder / "adapter_config.json").is_file():
             raise HarnessError(f"{folder} has no adapter_config.json: pass the folder peft's save_pretrained wrote")
+
+    def fingerprint(self, settings) -> str:
+        """Digest of the adapter's files: a retrained adapter at the same path is a new cell."""
+        digest = hashlib.sha256()
+        for file in sorted(Path(str(settings.path)).expanduser().iterdir()):
+            if file.is_file():
+                digest.update(file.name.encode())
+                digest.update(file.read_bytes())
+        return digest.hexdigest()
 
     def adapt(self, ctx: AdaptContext) -> Adaptation:
         b = ctx.budget

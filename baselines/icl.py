@@ -10,6 +10,7 @@ import time
 import torch
 
 from harness.budget import BudgetUse
+from harness.config_checks import as_int
 from harness.flops import ModelShape
 from harness.strategy import AdaptContext, Adaptation, register_strategy
 
@@ -22,18 +23,15 @@ def build_prefix(ctx: AdaptContext, demos: list[dict]) -> str:
 @register_strategy("icl")
 class InContext:
     def validate(self, settings) -> None:
-        from harness.errors import HarnessError
-
-        if int(settings.shots) < 0:
-            raise HarnessError(f"strategy.shots must be >= 0 (got {settings.shots})")
+        as_int(settings.shots, "strategy.shots", minimum=0)
 
     def _extra_flops(self, ctx: AdaptContext, shape: ModelShape, prefix_tokens: int, query_tokens: float,
-                     choices: float) -> float:
-        """Analytic extra FLOPs per query: every choice's request carries the prefix."""
+                     forwards: float) -> float:
+        """Analytic extra FLOPs per query: every forward pass of the query carries the prefix."""
         p, q = prefix_tokens, query_tokens
-        linear = 2 * shape.matmul_params * p
+        linear = 2 * (shape.matmul_params + shape.lora_params) * p
         attention = 4 * shape.n_layers * shape.n_heads * shape.head_dim * ((p + q) ** 2 - q ** 2)
-        return choices * (linear + attention)
+        return forwards * (linear + attention)
 
     def adapt(self, ctx: AdaptContext) -> Adaptation:
         b = ctx.budget
@@ -41,20 +39,17 @@ class InContext:
         demos = ctx.task.sample_pool(wanted, ctx.seed)
         shape = ModelShape.of(ctx.model)
         tok = ctx.tokenizer
-        pool_lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) + len(tok(c, add_special_tokens=False)["input_ids"])
-                        for p, c in (ctx.task.labeled_example(d) for d in ctx.task.sample_pool(min(64, len(ctx.task.pool_docs)), 0))]
-        query_tokens = sum(pool_lengths) / max(1, len(pool_lengths))
-        choices = ctx.task.mean_choices()
+        forwards, query_tokens = ctx.task.query_profile(tok)  # forward passes per query, tokens per pass
 
         def cost(k: int) -> float:
             prefix = build_prefix(ctx, demos[:k])
             n_tok = len(tok(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0
             if b.kind == "flops":
-                return b.horizon * self._extra_flops(ctx, shape, n_tok, query_tokens, choices)
+                return b.horizon * self._extra_flops(ctx, shape, n_tok, query_tokens, forwards)
             if b.kind == "examples":
                 return float(k)
             if b.kind == "seconds":
-                return b.horizon * choices * self._time_prefix(ctx, prefix)
+                return b.horizon * forwards * self._time_prefix(ctx, prefix)
             return 0.0  # a step budget does not limit ICL: it takes no training step
 
         k = wanted
@@ -69,7 +64,7 @@ class InContext:
         return Adaptation(
             kind="prefix" if k else "none", prefix=prefix or None, labels_used=k,
             budget=BudgetUse(b.name, b.kind, b.amount, b.horizon, spent, bound, reason),
-            per_query_extra_flops=self._extra_flops(ctx, shape, n_tok, query_tokens, choices),
+            per_query_extra_flops=self._extra_flops(ctx, shape, n_tok, query_tokens, forwards),
             details={"shots_requested": wanted, "shots_used": k, "prefix_tokens": n_tok,
                      "demo_rows": [ctx.task.pool_docs.index(d) for d in demos[:k]] if k <= 64 else None})
 

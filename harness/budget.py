@@ -56,7 +56,8 @@ class TrainingBudget:
     """Decides, step by step, whether another training step fits the budget.
 
     FLOPs are charged as measured; the next step is predicted from its analytic cost scaled by the
-    measured/analytic ratio seen so far, so that the spent total never passes the amount.
+    measured/analytic ratio seen so far. Should a step still cost more than predicted, the overspend
+    is written into the stop reason (seconds budgets always end after the deadline, by under a step).
     """
 
     def __init__(self, budget: Budget) -> None:
@@ -105,5 +106,7 @@ class TrainingBudget:
         return min(1.0, value / b.amount)
 
     def stop(self, reason: str, bound: bool) -> BudgetUse:
+        if self.use.spent > self.budget.amount:  # a step cost more than predicted: say so, never hide it
+            reason += f"; overspent by {self.use.spent - self.budget.amount:.3g} {self.budget.kind}"
         self.use.bound, self.use.stop_reason = bound, reason
         return self.use

@@ -20,6 +20,8 @@ PLURALS = {"models": "model", "tasks": "task", "strategies": "strategy", "budget
 VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
                "-cd", "--info", "-i", "--experimental-rerun"}
 FINISHED: list[Path] = []  # cells run or skipped by this process (basic launcher)
+FAILED: list[str] = []  # one-line errors of cells that could not run
+ROOTS: list[Path] = []  # runs_dir of each cell, as composed
 
 
 def options(group: str) -> list[str]:
@@ -49,12 +51,16 @@ def check_overrides(args: list[str]) -> None:
         bad = next((o for o in overrides if _unparsable(parser, o)), overrides[-1] if overrides else "")
         raise HarnessError(f"malformed override {bad!r} ({str(exc).splitlines()[0][:120]}): "
                            f"write key=value, e.g. task=arc_easy, or key=a,b with -m to sweep") from None
+    multirun = any(a in ("-m", "--multirun") for a in args)
     first_values = []
     for ov in parsed:
         key = ov.get_key_element()
         if key.startswith("hydra") or key.startswith("hydra/"):
             continue
         group = ov.key_or_group
+        if ov.is_sweep_override() and not multirun:
+            raise HarnessError(f"{ov.input_line!r} lists several values: add -m to sweep them "
+                               f"(harness run -m {ov.input_line} ...)")
         values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
         if group in GROUPS and not ov.is_delete():
             for value in values:
@@ -102,10 +108,12 @@ def _hydra_run(args: list[str]) -> None:
     def entry(cfg) -> None:
         from harness.runner import run_cell
 
+        ROOTS.append(Path(cfg.runs_dir))
         try:
             FINISHED.append(run_cell(cfg))
-        except HarnessError as exc:
-            _fail(str(exc))
+        except HarnessError as exc:  # this cell cannot run; a sweep carries on with the others
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            FAILED.append(str(exc))
 
     saved = sys.argv
     sys.argv = ["harness run", *args]
@@ -122,26 +130,25 @@ def cmd_run(args: list[str]) -> None:
         _hydra_run(args)
         return
     check_overrides(args)
-    FINISHED.clear()
+    FINISHED.clear(), FAILED.clear(), ROOTS.clear()
     _hydra_run(args)
     if FINISHED:
         from harness import report
-        from harness.settings import runs_dir
 
         folders = list(dict.fromkeys(FINISHED))
-        root = runs_dir(os.environ.get("HARNESS_RUNS_DIR") or _runs_dir_override(args) or "runs")
+        root = ROOTS[0]
         out = root / "report"
         text = report.build(out, folders=folders)
         print(text)
         print(f"[harness] {len(folders)} cell(s); records under {root}/, report in {out}/ "
               f"(leaderboard.md, leaderboard.csv, significance.csv, accuracy_vs_flops.png)")
+    if FAILED:
+        raise SystemExit(2 if len(FAILED) == 1 and not FINISHED else _summary_exit())
 
 
-def _runs_dir_override(args: list[str]) -> str | None:
-    for a in args:
-        if a.startswith("runs_dir="):
-            return a.split("=", 1)[1]
-    return None
+def _summary_exit() -> int:
+    print(f"error: {len(FAILED)} cell(s) failed (see the error lines above); the others finished", file=sys.stderr)
+    return 2
 
 
 def cmd_list(what: str) -> None:

@@ -29,9 +29,15 @@ class LoadedModel:
 def resolve_device(name: str | None) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(str(name))
+    except RuntimeError:
+        raise HarnessError(f"unknown engine.device {name!r}: use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise HarnessError(f"engine.device={name} but no CUDA device is visible: use engine.device=cpu (or auto)")
-    return torch.device(name)
+    if device.type not in ("cpu", "cuda"):
+        raise HarnessError(f"engine.device {name!r} is not supported: use auto, cpu or cuda[:N]")
+    return device
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:

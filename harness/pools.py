@@ -4,7 +4,9 @@ Every task exposes two splits to lm-eval: `pool` (what strategies may learn from
 examples, unlabeled prompts) and `eval` (what is scored). A task with a train split takes its pool
 from it; a task without one carves a seeded pool out of its evaluation split and scores the rest.
 Pool items whose text equals an eval item's text are dropped, so no evaluated question can leak
-into a demonstration, a training example or a generator condition.
+into a demonstration, a training example or a generator condition. Where a dataset holds near-twins
+(WinoGrande pairs the same sentence with one word changed and the answer flipped), carving moves
+whole groups (`group_fields`, e.g. the option pair) so that twins land on the same side.
 """
 from __future__ import annotations
 
@@ -36,9 +38,20 @@ def _text_key(row: dict, fields: list[str]) -> str:
     return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()
 
 
+def _groups(rows: list[dict], fields: list[str] | None) -> list[list[int]]:
+    """Row indices grouped by the unordered values of `fields` (every row alone when no fields)."""
+    if not fields:
+        return [[i] for i in range(len(rows))]
+    by_key: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        key = tuple(sorted(" ".join(str(row.get(f, "")).lower().split()) for f in fields))
+        by_key.setdefault(key, []).append(i)
+    return list(by_key.values())
+
+
 def build_splits(path: str, name: str | None, eval_split: str, pool_split: str | None = None,
-                 pool_size: int | None = None, pool_seed: int = 1234,
-                 dedup_fields: list[str] | None = None) -> tuple[list[dict], list[dict], PoolInfo]:
+                 pool_size: int | None = None, pool_seed: int = 1234, dedup_fields: list[str] | None = None,
+                 group_fields: list[str] | None = None) -> tuple[list[dict], list[dict], PoolInfo]:
     """Return (pool rows, eval rows, how they were made)."""
     evaluated = load_split(path, name, eval_split)
     fingerprints = {str(evaluated.ref): evaluated.fingerprint}
@@ -50,9 +63,14 @@ def build_splits(path: str, name: str | None, eval_split: str, pool_split: str |
     else:
         if not pool_size or pool_size >= len(evaluated.rows):
             raise ValueError(f"{evaluated.ref}: pool_size must be between 1 and {len(evaluated.rows) - 1}")
-        order = list(range(len(evaluated.rows)))
-        random.Random(pool_seed).shuffle(order)
-        taken = sorted(order[:pool_size])
+        groups = _groups(evaluated.rows, group_fields)
+        random.Random(pool_seed).shuffle(groups)
+        taken = []
+        for group in groups:  # whole groups, until the pool has at least pool_size rows
+            if len(taken) >= pool_size:
+                break
+            taken.extend(group)
+        taken = sorted(taken)
         taken_set = set(taken)
         pool_rows = [evaluated.rows[i] for i in taken]
         eval_rows = [r for i, r in enumerate(evaluated.rows) if i not in taken_set]
@@ -75,8 +93,7 @@ def load_task_dataset(**kwargs):
     """
     import datasets
 
-    wanted = {"path", "name", "eval_split", "pool_split", "pool_size", "pool_seed", "dedup_fields"}
-    pool, evaluated, _ = build_splits(**{k: v for k, v in kwargs.items() if k in wanted})
+    pool, evaluated, _ = build_splits(**{k: v for k, v in kwargs.items() if k in _KWARGS})
     return datasets.DatasetDict({
         "pool": datasets.Dataset.from_list(pool),
         "eval": datasets.Dataset.from_list(evaluated),
@@ -84,5 +101,7 @@ def load_task_dataset(**kwargs):
 
 
 def pool_info_for(dataset_kwargs: dict) -> PoolInfo:
-    wanted = {"path", "name", "eval_split", "pool_split", "pool_size", "pool_seed", "dedup_fields"}
-    return build_splits(**{k: v for k, v in dataset_kwargs.items() if k in wanted})[2]
+    return build_splits(**{k: v for k, v in dataset_kwargs.items() if k in _KWARGS})[2]
+
+
+_KWARGS = {"path", "name", "eval_split", "pool_split", "pool_size", "pool_seed", "dedup_fields", "group_fields"}

@@ -6,13 +6,11 @@ from pathlib import Path
 
 from harness import store
 
-GROUP = ("model", "task", "budget", "strategy")
+GROUP = ("model", "task", "budget", "strategy", "variant")  # variant: config hash without the seed
 
 
 def _paired(base: list[dict], other: list[dict], metric: str = "acc") -> dict | None:
     """McNemar's exact test and the paired mean difference, on items both cells scored."""
-    from scipy.stats import binomtest
-
     def by_doc(samples):
         return {(s["doc_id"], s.get("doc_hash")): float(s[metric]) for s in samples if metric in s}
 
@@ -23,13 +21,19 @@ def _paired(base: list[dict], other: list[dict], metric: str = "acc") -> dict | 
     diffs = [b[k] - a[k] for k in common]
     only_base = sum(1 for k in common if a[k] > b[k])
     only_other = sum(1 for k in common if b[k] > a[k])
-    discordant = only_base + only_other
-    p = binomtest(min(only_base, only_other), discordant, 0.5).pvalue if discordant else 1.0
+    p = _exact_p(only_base, only_other)
     n = len(diffs)
     mean = sum(diffs) / n
     se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else float("nan")
     return {"n_paired": n, "delta": mean, "delta_stderr": se, "base_only": only_base, "other_only": only_other,
             "p_mcnemar": p}
+
+
+def _exact_p(base_only: int, other_only: int) -> float:
+    from scipy.stats import binomtest
+
+    n = int(base_only + other_only)
+    return binomtest(int(min(base_only, other_only)), n, 0.5).pvalue if n else 1.0
 
 
 def collect(folders: list[Path] | None = None, runs_dir: Path | None = None) -> list[tuple[Path, dict]]:
@@ -50,7 +54,8 @@ def leaderboard(records: list[tuple[Path, dict]]):
     for folder, r in records:
         cell = r["cell"]
         rows.append({
-            **{k: cell[k] for k in GROUP}, "seed": cell["seed"], "folder": str(folder),
+            **{k: cell[k] for k in GROUP if k != "variant"}, "variant": store.variant_key(r.get("config", cell)),
+            "seed": cell["seed"], "folder": str(folder),
             "acc": r["metrics"].get("acc"), "acc_stderr": r["metrics"].get("acc_stderr"),
             "acc_norm": r["metrics"].get("acc_norm"), "n": r["metrics"].get("n"),
             "labels_used": r["adaptation"].get("labels_used", 0),
@@ -72,7 +77,7 @@ def leaderboard(records: list[tuple[Path, dict]]):
         return math.sqrt(sum(s * s for s in se)) / len(se) if se else float("nan")
 
     board = cells.groupby(list(GROUP), sort=True).agg(
-        seeds=("seed", "count"), acc=("acc", "mean"), acc_stderr=("acc_stderr", stderr_of_mean),
+        seeds=("seed", "nunique"), cells=("seed", "count"), n_min=("n", "min"), acc=("acc", "mean"), acc_stderr=("acc_stderr", stderr_of_mean),
         acc_seed_std=("acc", "std"), acc_norm=("acc_norm", "mean"), n=("n", "first"),
         labels_used=("labels_used", "mean"), adapt_flops=("adapt_flops", "mean"), adapt_s=("adapt_s", "mean"),
         per_query_flops=("per_query_flops", "mean"), horizon=("horizon", "first"),
@@ -101,8 +106,11 @@ def leaderboard(records: list[tuple[Path, dict]]):
             tests.append({**{k: row[k] for k in GROUP}, "seed": row.seed, **result})
     sig = pd.DataFrame(tests)
     if not sig.empty:
-        first = sig.groupby(list(GROUP)).agg(delta_vs_base=("delta", "mean"), p_vs_base=("p_mcnemar", "min"))
-        board = board.merge(first.reset_index(), on=list(GROUP), how="left")
+        # One exact test per row: discordant pairs pooled over its seeds (not the best seed's p).
+        pooled = sig.groupby(list(GROUP)).agg(delta_vs_base=("delta", "mean"), base_only=("base_only", "sum"),
+                                              other_only=("other_only", "sum")).reset_index()
+        pooled["p_vs_base"] = [_exact_p(b, o) for b, o in zip(pooled.base_only, pooled.other_only)]
+        board = board.merge(pooled[list(GROUP) + ["delta_vs_base", "p_vs_base"]], on=list(GROUP), how="left")
     return board, sig
 
 
@@ -123,10 +131,10 @@ def plot(board, path: Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    tasks = sorted(board.task.unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        sub = board[board.task == task].reset_index(drop=True)
+    panels = sorted(board.groupby(["task", "model", "horizon"]).groups)  # totals compare only at one horizon
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for ax, (task, model, horizon) in zip(axes[0], panels):
+        sub = board[(board.task == task) & (board.model == model) & (board.horizon == horizon)].reset_index(drop=True)
         pts = list(zip(sub.total_flops_at_horizon, sub.acc))
         front = set(pareto(pts))
         for i, row in sub.iterrows():
@@ -136,11 +144,12 @@ def plot(board, path: Path) -> None:
                         xytext=(4, 4), textcoords="offset points")
         f = sorted((pts[i] for i in front))
         ax.plot([p[0] for p in f], [p[1] for p in f], "k--", linewidth=0.8, label="Pareto front")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel(f"total FLOPs at horizon (adaptation + {int(sub.horizon.iloc[0])} queries)")
+        if (sub.total_flops_at_horizon > 0).all():
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(f"total FLOPs at horizon (adaptation + {int(horizon)} queries)")
         ax.set_ylabel("accuracy")
-        ax.set_title(task)
+        ax.set_title(f"{task} · {model}")
         ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -152,15 +161,16 @@ def _fmt_flops(x: float) -> str:
 
 
 def markdown(board) -> str:
-    head = ("| model | task | budget | strategy | acc ± stderr | n | seeds | labels | adapt FLOPs | adapt s "
+    head = ("| model | task | budget | strategy | config | acc ± stderr | n | seeds | labels | adapt FLOPs | adapt s "
             "| per-query FLOPs | total FLOPs @ horizon | Δ vs base (p) | budget bound |")
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for _, r in board.iterrows():
         delta = r.get("delta_vs_base")
         delta_s = "—" if delta is None or (isinstance(delta, float) and math.isnan(delta)) else \
             f"{delta:+.3f} (p={r['p_vs_base']:.3g})"
         lines.append(
-            f"| {r.model} | {r.task} | {r.budget} | {r.strategy} | {r.acc:.3f} ± {r.acc_stderr:.3f} | {int(r.n)} "
+            f"| {r.model} | {r.task} | {r.budget} | {r.strategy} | {r.variant} | {r.acc:.3f} ± {r.acc_stderr:.3f} "
+            f"| {int(r.n)}{'' if r.n_min == r.n else f' (min {int(r.n_min)})'} "
             f"| {int(r.seeds)} | {r.labels_used:g} | {_fmt_flops(r.adapt_flops)} | {r.adapt_s:.1f} "
             f"| {_fmt_flops(r.per_query_flops)} | {_fmt_flops(r.total_flops_at_horizon)} (h={int(r.horizon)}) "
             f"| {delta_s} | {'yes' if r.budget_bound else 'no'} |")
@@ -177,8 +187,10 @@ def build(out_dir: Path, folders: list[Path] | None = None, runs_dir: Path | Non
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = ("# Leaderboard\n\nAccuracy is lm-eval `acc` on the cell's eval items; stderr is the analytic standard "
-            "error of the mean. FLOPs are measured (FlopCounterMode; analytic where counting was turned off). Total FLOPs at horizon = adaptation + horizon "
-            "× per-query. Δ vs base: paired difference on the same items; p: McNemar's exact test.\n\n"
+            "error of the mean. `config` is a hash of the cell's configuration without its seed: rows differ in some "
+            "setting when it differs. FLOPs are measured (FlopCounterMode; analytic where counting was turned off). Total FLOPs at horizon = adaptation + horizon "
+            "× per-query. Δ vs base: paired difference on the same items; p: McNemar's exact test on the discordant "
+            "pairs pooled over seeds.\n\n"
             + markdown(board))
     (out_dir / "leaderboard.md").write_text(text)
     board.to_csv(out_dir / "leaderboard.csv", index=False)

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from harness import store
 from harness.budget import Budget
+from harness.config_checks import as_int
 from harness.errors import HarnessError
 from harness.evaluate import evaluate_adaptation
 from harness.models import load_model, resolve_device, resolve_dtype
@@ -43,14 +44,8 @@ def say(message: str) -> None:
 def run_cell(cfg) -> Path:
     """Run (or skip, if already finished) the cell `cfg` describes; return its folder."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    key = store.cell_key(config)
-    runs_dir = Path(config["runs_dir"])
-    folder = store.cell_dir(runs_dir, config, key)
     label = f"{config['model']['name']} / {config['task']['name']} / {config['strategy']['name']} / " \
             f"{config['budget']['name']} / seed {config['seed']}"
-    if store.read_record(folder, key) is not None:
-        say(f"skip (finished): {label}")
-        return folder
 
     # Everything that can be checked without compute is checked first.
     strategy = get_strategy(cfg.strategy.impl)
@@ -58,14 +53,25 @@ def run_cell(cfg) -> Path:
     budget = Budget.from_cfg(cfg.budget)
     device = resolve_device(cfg.engine.device)
     dtype = resolve_dtype(cfg.engine.dtype, device)
-    limit = cfg.eval.limit
-    batch_size = int(cfg.engine.batch_size)
-    if batch_size < 1:
-        raise HarnessError("engine.batch_size must be >= 1")
+    limit = as_int(cfg.eval.limit, "eval.limit", minimum=1, allow_none=True)
+    subset_seed = as_int(cfg.eval.subset_seed, "eval.subset_seed")
+    seed = as_int(cfg.seed, "seed")
+    batch_size = as_int(cfg.engine.batch_size, "engine.batch_size", minimum=1)
+
+    # The key covers the config and the content of its inputs (data files, a given adapter), so a
+    # finished cell is skipped only when nothing it read has changed.
+    task = TaskHandle.from_cfg(cfg.task)
+    inputs = {"data": task.pool_info.fingerprints}
+    if hasattr(strategy, "fingerprint"):
+        inputs["strategy"] = strategy.fingerprint(cfg.strategy)
+    key = store.cell_key({**config, "inputs": inputs})
+    folder = store.cell_dir(Path(config["runs_dir"]), config, key)
+    if store.read_record(folder, key) is not None:
+        say(f"skip (finished): {label}")
+        return folder
 
     say(f"run: {label}")
-    task = TaskHandle.from_cfg(cfg.task)
-    indices = task.eval_indices(limit, int(cfg.eval.subset_seed))
+    indices = task.eval_indices(limit, subset_seed)
     loaded = load_model(cfg.model, device, dtype)
 
     work = folder.with_name(folder.name + ".partial")
@@ -76,9 +82,9 @@ def run_cell(cfg) -> Path:
     else:
         import torch
 
-        torch.manual_seed(int(cfg.seed))
+        torch.manual_seed(seed)
         ctx = AdaptContext(model=loaded.model, tokenizer=loaded.tokenizer, task=task, budget=budget,
-                           settings=cfg.strategy, seed=int(cfg.seed), workdir=work, device=device,
+                           settings=cfg.strategy, seed=seed, workdir=work, device=device,
                            progress=bool(cfg.progress))
         adaptation = strategy.adapt(ctx)
         store.write_json_atomic(work / store.ADAPTATION, {"key": key, "adaptation": adaptation.to_dict()})
@@ -86,6 +92,7 @@ def run_cell(cfg) -> Path:
     result = evaluate_adaptation(loaded.model, loaded.tokenizer, task, adaptation, indices, batch_size, device,
                                  count_flops=bool(cfg.engine.count_flops))
     record = _record(config, key, loaded.info, task, indices, adaptation, result, limit)
+    record["inputs"] = inputs
     record["adaptation"] = _relocate(record["adaptation"], str(work), str(folder))  # name published paths
     store.write_jsonl_atomic(work / store.SAMPLES, result.samples)
     store.write_json_atomic(work / store.RECORD, record)

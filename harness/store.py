@@ -20,6 +20,12 @@ def identity(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
 
 
+def variant_key(config: dict) -> str:
+    """Hash of everything but the seed: cells that differ only by seed share it."""
+    canonical = json.dumps({k: v for k, v in identity(config).items() if k != "seed"}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
 def cell_key(config: dict) -> str:
     canonical = json.dumps(identity(config), sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -67,6 +73,8 @@ def read_record(folder: Path, key: str | None = None) -> dict | None:
 
 def iter_records(runs_dir: Path):
     for path in sorted(Path(runs_dir).rglob(RECORD)):
+        if any(part.endswith(".partial") for part in path.parts):
+            continue  # not published yet: a cell still running, or one that died before its rename
         record = read_record(path.parent)
         if record is not None and record.get("schema") == SCHEMA:
             yield path.parent, record

@@ -60,10 +60,41 @@ def test_adapter_path_that_does_not_exist(capsys, runs, tmp_path):
 @needs_data
 def test_budget_smaller_than_one_training_step(capsys, runs):
     code, _, err = run_cli(capsys, "run", "model=tiny-random", "task=arc_easy", "strategy=lora",
-                           "budget=flops_1e13", "budget.amount=1000", "eval.limit=5", "progress=false")
-    assert code == 2 and "smaller than one training step" in err and "budget.amount" in err
-    assert err.strip().count("\n") == 0 or all(not ln.startswith("error") for ln in err.splitlines()[:-1])
+                           "budget=flops_1e13", "budget.amount=1000", "budget.horizon=0", "eval.limit=5",
+                           "progress=false")
+    errors = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("[harness]")]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("error: ")
+    assert "smaller than one training step" in errors[0] and "budget.amount" in errors[0]
     assert not records(runs)
+    # With a horizon, serving the unmerged adapter is priced first: here it alone exceeds the budget.
+    code, _, err = run_cli(capsys, "run", "model=tiny-random", "task=arc_easy", "strategy=lora",
+                           "budget=flops_1e13", "budget.amount=1000", "eval.limit=5", "progress=false")
+    assert code == 2 and "leaves nothing to train with" in err and not records(runs)
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("eval.limit=abc", "eval.limit must be an integer"),
+    ("strategy=icl strategy.shots=abc", "strategy.shots must be an integer"),
+    ("strategy=lora strategy.lr=abc", "strategy.lr must be a number"),
+    ("engine.device=tpu", "unknown engine.device 'tpu'"),
+    ("engine.batch_size=0", "engine.batch_size must be >= 1"),
+    ("strategy=base,icl", "add -m to sweep"),
+])
+def test_bad_values_are_one_line_errors(capsys, runs, override, expected):
+    code, _, err = run_cli(capsys, "run", "model=tiny-random", "task=arc_easy", *override.split())
+    errors = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("[harness]")]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("error: ") and expected in errors[0]
+    assert not records(runs)
+
+
+@needs_data
+def test_a_failing_cell_does_not_stop_the_sweep(capsys, runs):
+    code, out, err = run_cli(capsys, "run", "-m", "model=tiny-random", "task=arc_easy", "strategy=lora,base",
+                             "budget=flops_1e13", "budget.amount=1000", "budget.horizon=0", "eval.limit=4",
+                             "progress=false")
+    assert code == 2
+    assert "smaller than one training step" in err and "1 cell(s) failed" in err
+    assert len(records(runs)) == 1 and "| base |" in out  # base ran, and its report was printed
 
 
 def test_missing_data_while_offline(capsys, runs, tmp_path, monkeypatch):

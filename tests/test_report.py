@@ -6,13 +6,14 @@ import pytest
 from harness import report, store
 
 
-def _record(folder, strategy, outcomes, adapt_flops, per_query, labels=0, bound=False):
-    cell = {"model": "m", "task": "t", "strategy": strategy, "budget": "b", "seed": 0}
+def _record(folder, strategy, outcomes, adapt_flops, per_query, labels=0, bound=False, seed=0, shots=None):
+    cell = {"model": "m", "task": "t", "strategy": strategy, "budget": "b", "seed": seed}
     n = len(outcomes)
     acc = sum(outcomes) / n
     se = math.sqrt(sum((o - acc) ** 2 for o in outcomes) / (n - 1) / n)
     record = {
-        "schema": store.SCHEMA, "key": strategy, "cell": cell,
+        "schema": store.SCHEMA, "key": f"{strategy}{seed}{shots}", "cell": cell,
+        "config": {**cell, "strategy": {"name": strategy, "shots": shots}},
         "metrics": {"acc": acc, "acc_stderr": se, "acc_norm": acc, "n": n},
         "adaptation": {"labels_used": labels, "budget": {"spent": adapt_flops, "bound": bound}},
         "adaptation_cost": {"flops_measured": adapt_flops, "wall_s": 1.0, "flops_analytic": adapt_flops},
@@ -43,8 +44,27 @@ def test_leaderboard_paired_test_and_pareto(tmp_path):
     assert board.loc["icl", "p_vs_base"] == pytest.approx(1.0)
     assert board.loc["lora", "total_flops_at_horizon"] == 5000 + 10 * 100
     assert bool(board.loc["lora", "budget_bound"]) and board.loc["icl", "labels_used"] == 4
-    assert "| m | t | b | lora | 0.833 ±" in text and "p=0.0312" in text
+    assert "| m | t | b | lora | " in text and "| 0.833 ± 0.112 | 12 | 1 |" in text and "p=0.0312" in text
     assert (tmp_path / "out" / "accuracy_vs_flops.png").stat().st_size > 10_000
+
+
+def test_seeds_pool_into_one_test_and_settings_stay_apart(tmp_path):
+    from scipy.stats import binomtest
+
+    base = [0] * 8
+    _record(tmp_path / "base", "base", base, 0, 1)
+    _record(tmp_path / "s0", "icl", [1, 1, 0, 0, 0, 0, 0, 0], 0, 2, seed=0, shots=4)
+    _record(tmp_path / "s1", "icl", [1, 1, 1, 0, 0, 0, 0, 0], 0, 2, seed=1, shots=4)
+    _record(tmp_path / "k8", "icl", [1, 1, 1, 1, 1, 1, 1, 1], 0, 2, seed=0, shots=8)
+    (tmp_path / "x.partial").mkdir()  # an unpublished cell never counts
+    _record(tmp_path / "x.partial", "icl", [1] * 8, 0, 2, seed=5, shots=4)
+    board, _ = report.leaderboard(report.collect(runs_dir=tmp_path))
+    icl = board[board.strategy == "icl"].set_index("seeds")
+    assert len(icl) == 2  # shots=4 (two seeds) and shots=8 are different rows
+    four = icl.loc[2]
+    assert four.acc == pytest.approx((2 / 8 + 3 / 8) / 2)
+    assert four.p_vs_base == pytest.approx(binomtest(0, 5, 0.5).pvalue)  # 2 + 3 wins pooled, not the best seed's
+    assert icl.loc[1].acc == 1.0
 
 
 def test_uncounted_evaluation_falls_back_to_analytic_flops(tmp_path):

@@ -59,8 +59,8 @@ class LoraTuning:
             result = train_lora(ctx.model, ctx.tokenizer, examples, budget, settings, Path(ctx.workdir), meter,
                                 seed=ctx.seed, progress=ctx.progress)
         meter.cost.details.update({"steps": result.steps, "examples_seen": result.examples_seen,
-                                   "real_tokens": result.tokens,
-                              "final_loss": result.losses[-1], "first_loss": result.losses[0]})
+                                   "real_tokens": result.tokens, "first_loss": result.losses[0],
+                                   "final_loss": result.losses[-1]})
         return Adaptation(
             kind="adapter", adapter_dir=result.adapter_dir, labels_used=min(result.examples_seen, len(examples)),
             costs=[meter.cost], budget=_with_reserve(budget.use, ctx.budget.amount, reserved),

@@ -5,6 +5,7 @@ When k demonstrations do not fit, the largest k that does is used and the record
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -18,6 +19,10 @@ from harness.strategy import AdaptContext, Adaptation, register_strategy
 def build_prefix(ctx: AdaptContext, demos: list[dict]) -> str:
     delim = ctx.task.task.config.fewshot_delimiter
     return "".join(p + c + delim for p, c in (ctx.task.labeled_example(d) for d in demos))
+
+
+def _rows(pool: list[dict], docs: list[dict]) -> list[int]:
+    return [pool.index(d) for d in docs]
 
 
 @register_strategy("icl")
@@ -41,6 +46,7 @@ class InContext:
         tok = ctx.tokenizer
         forwards, query_tokens = ctx.task.query_profile(tok)  # forward passes per query, tokens per pass
 
+        @functools.lru_cache(maxsize=None)  # each k priced once (a seconds budget times a forward pass)
         def cost(k: int) -> float:
             prefix = build_prefix(ctx, demos[:k])
             n_tok = len(tok(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0
@@ -66,7 +72,7 @@ class InContext:
             budget=BudgetUse(b.name, b.kind, b.amount, b.horizon, spent, bound, reason),
             per_query_extra_flops=self._extra_flops(ctx, shape, n_tok, query_tokens, forwards),
             details={"shots_requested": wanted, "shots_used": k, "prefix_tokens": n_tok,
-                     "demo_rows": [ctx.task.pool_docs.index(d) for d in demos[:k]] if k <= 64 else None})
+                     "demo_rows": _rows(ctx.task.pool_docs, demos[:k]) if k <= 64 else None})
 
     @staticmethod
     def _time_prefix(ctx: AdaptContext, prefix: str) -> float:

@@ -13,9 +13,6 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def main() -> None:
@@ -30,14 +27,14 @@ def main() -> None:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    from conftest import compose
+    from harness.cli import compose_config
     from harness.evaluate import evaluate_adaptation
     from harness.models import load_model
     from harness.strategy import Adaptation
     from harness.tasks import TaskHandle, quiet_lm_eval
 
     quiet_lm_eval()
-    cfg = compose("model=smollm2-135m", f"task={args.task}")
+    cfg = compose_config(["model=smollm2-135m", f"task={args.task}"])
     loaded = load_model(cfg.model, torch.device("cpu"), torch.float32)
     task = TaskHandle.from_cfg(cfg.task)
     folder = loaded.info["cache"]

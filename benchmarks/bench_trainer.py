@@ -13,8 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -24,17 +22,15 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     args = parser.parse_args()
 
-    import torch
-
-    from conftest import compose
     from harness.budget import Budget, TrainingBudget
+    from harness.cli import compose_config
     from harness.costs import PhaseMeter
     from harness.models import load_model, resolve_device, resolve_dtype
     from harness.tasks import TaskHandle
     from harness.trainer import LoraSettings, train_lora
 
     device = resolve_device("auto")
-    cfg = compose(f"model={args.model}", f"task={args.task}")
+    cfg = compose_config([f"model={args.model}", f"task={args.task}"])
     loaded = load_model(cfg.model, device, resolve_dtype("auto", device))
     task = TaskHandle.from_cfg(cfg.task)
     examples = [task.labeled_example(d) for d in task.sample_pool(256, 0)]

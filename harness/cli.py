@@ -72,7 +72,7 @@ def check_overrides(args: list[str]) -> None:
                                        f"(see `harness list {plural}`)")
         prefix = ov.input_line.split("=", 1)[0]
         first_values.append(f"{prefix}={values[0]}" if values else ov.input_line)
-    _compose(first_values)
+    compose_config(first_values)
 
 
 def _unparsable(parser, override: str) -> bool:
@@ -83,7 +83,8 @@ def _unparsable(parser, override: str) -> bool:
         return True
 
 
-def _compose(overrides: list[str]):
+def compose_config(overrides: list[str]):
+    """The config `harness run OVERRIDES` would run (a single cell), or a one-line HarnessError."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 

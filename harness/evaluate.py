@@ -93,10 +93,9 @@ def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices:
         name, _filter = key.split(",", 1)
         metrics[name] = value
     samples = out["samples"][task.lm_eval_name]
-    for metric in ("acc", "acc_norm"):  # where lm-eval reports "N/A", recompute from the per-item outcomes
-        values = [float(s[metric]) for s in samples if metric in s]
-        if values and not isinstance(metrics.get(f"{metric}_stderr"), float):
-            metrics[f"{metric}_stderr"] = _stderr(values)
+    for name in [m for m in metrics if m.endswith("_stderr")]:  # lm-eval writes "N/A" when n < 2
+        if not isinstance(metrics[name], (int, float)):
+            metrics[name] = float("nan")
     n = len(samples)
     cost = meter.cost
     per_query = {"flops_measured": cost.flops_measured / max(n, 1), "flops_analytic": cost.flops_analytic / max(n, 1),
@@ -105,15 +104,6 @@ def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices:
     return EvalResult(metrics, samples, cost, n, per_query,
                       {"n-samples": out.get("n-samples", {}).get(task.lm_eval_name),
                        "task_config": _jsonable(out.get("configs", {}).get(task.lm_eval_name, {}))})
-
-
-def _stderr(values: list[float]) -> float:
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return (var / n) ** 0.5
 
 
 def _jsonable(obj):

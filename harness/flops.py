@@ -14,7 +14,7 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 aten = torch.ops.aten
 
@@ -24,37 +24,27 @@ def _attention_flops(b: int, h: int, s_q: int, s_k: int, d_qk: int, d_v: int) ->
 
 
 def _cpu_flash_fwd(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    b, h, s_q, d_qk = query_shape
-    return _attention_flops(b, h, s_q, key_shape[-2], d_qk, value_shape[-1])
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 def _cpu_flash_bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    b, h, s_q, d_qk = query_shape
-    s_k, d_v = key_shape[-2], value_shape[-1]
-    # recompute scores, then dV, dP, dQ, dK: five products of the forward's size class
-    return 3 * 2 * b * h * s_q * s_k * d_qk + 2 * 2 * b * h * s_q * s_k * d_v
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
-# torch 2.13's registry misses the CPU flash-attention kernels that SDPA dispatches to on CPU.
+# torch 2.13's registry misses the CPU flash-attention kernels that SDPA dispatches to on CPU; they
+# get torch's own SDPA formulas.
 _EXTRA_FORMULAS = {}
 if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
     _EXTRA_FORMULAS[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_flash_fwd
     _EXTRA_FORMULAS[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _cpu_flash_bwd
 
-
-_SIZE_QUERIES = None
-
-
-def _size_queries():
-    global _SIZE_QUERIES
-    if _SIZE_QUERIES is None:
-        a, prim = torch.ops.aten, torch.ops.prim
-        _SIZE_QUERIES = {a.sym_is_contiguous.default, a.is_contiguous.default, a.is_contiguous.memory_format,
-                         a.is_strides_like_format.default, a.is_non_overlapping_and_dense.default, a.size.default,
-                         a.sym_size.default, a.stride.default, a.sym_stride.default, a.storage_offset.default,
-                         a.sym_storage_offset.default, a.numel.default, a.sym_numel.default, a.dim.default,
-                         prim.layout.default}
-    return _SIZE_QUERIES
+# Metadata queries torch's counting mode leaves to the default dispatch.
+_SIZE_QUERIES = frozenset({
+    aten.sym_is_contiguous.default, aten.is_contiguous.default, aten.is_contiguous.memory_format,
+    aten.is_strides_like_format.default, aten.is_non_overlapping_and_dense.default, aten.size.default,
+    aten.sym_size.default, aten.stride.default, aten.sym_stride.default, aten.storage_offset.default,
+    aten.sym_storage_offset.default, aten.numel.default, aten.sym_numel.default, aten.dim.default,
+    torch.ops.prim.layout.default})
 
 
 class _CountingMode(_FlopCounterMode):
@@ -66,7 +56,7 @@ class _CountingMode(_FlopCounterMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs if kwargs else {}
-        if func in _size_queries():
+        if func in _SIZE_QUERIES:
             return NotImplemented
         if isinstance(func, torch._ops.HigherOrderOperator):
             return self._handle_higher_order_ops(func, types, args, kwargs)

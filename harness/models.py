@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from harness.errors import HarnessError
-from harness.settings import cache_dir
+from harness.settings import CONFIG_DIR, cache_dir
 
 
 @dataclass
@@ -139,7 +139,7 @@ def _random_model(cfg, dtype: torch.dtype):
     from omegaconf import OmegaConf
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    tok_cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "model" / f"{cfg.tokenizer_from}.yaml")
+    tok_cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{cfg.tokenizer_from}.yaml")
     folder = gguf_cache(tok_cfg.package, tok_cfg.gguf_file, tok_cfg.name)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     arch = dict(cfg.arch)

@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 from harness import store
 from harness.budget import Budget
 from harness.config_checks import as_int
-from harness.errors import HarnessError
 from harness.evaluate import evaluate_adaptation
 from harness.models import load_model, resolve_device, resolve_dtype
 from harness.strategy import AdaptContext, Adaptation, get_strategy

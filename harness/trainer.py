@@ -58,14 +58,24 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
 
 
+class _CausalEncoder:
+    """Just what lm-eval's `TemplateLM._encode_pair` needs, tokenizing as its HF model does (no BOS)."""
+
+    backend = "causal"
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def tok_encode(self, text: str, **_) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def encode_example(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], int]:
-    """Token ids of prompt+completion and where the completion starts (lm-eval's split rule)."""
-    trailing = len(prompt) - len(prompt.rstrip())
-    if trailing:  # whitespace belongs to the continuation, as in lm-eval
-        prompt, completion = prompt[:-trailing], prompt[-trailing:] + completion
-    whole = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
-    ctx = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    start = len(ctx)
+    """Token ids of prompt+completion and where the completion starts, split by lm-eval's own rule."""
+    from lm_eval.api.model import TemplateLM
+
+    ctx, cont = TemplateLM._encode_pair(_CausalEncoder(tokenizer), prompt, completion)
+    whole, start = ctx + cont, len(ctx)
     if len(whole) > max_length:  # keep the completion, drop the oldest context tokens
         cut = len(whole) - max_length
         whole, start = whole[cut:], max(0, start - cut)

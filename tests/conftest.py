@@ -20,16 +20,9 @@ needs_data = pytest.mark.skipif(
 
 
 def compose(*overrides: str):
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from harness.cli import compose_config
 
-    from harness.settings import CONFIG_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose_config(list(overrides))
 
 
 @pytest.fixture(scope="session")

@@ -23,13 +23,12 @@ def _train(model, tmp_path, kind, amount, **settings):
 
 def _step_flops(model, batch=4):
     enc = [encode_example(model.tokenizer, p, c, 256) for p, c in EXAMPLES]
-    width = max(len(ids) for ids, _ in enc)
-    from peft import LoraConfig, get_peft_model  # noqa: F401
-
+    width = max(len(ids) for ids, _ in enc)  # the widest batch: an upper bound on one step
     base = ModelShape.of(model.model)
-    lora = 2 * 8 * sum(m.in_features + m.out_features for n, m in model.model.named_modules()
-                       if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in LoraSettings().target_modules)
-    return ModelShape(base.matmul_params, base.n_layers, base.n_heads, base.head_dim, lora // 2).lora_train_step(
+    rank = LoraSettings().rank  # A is r×in, B is out×r on every targeted Linear
+    lora = rank * sum(m.in_features + m.out_features for n, m in model.model.named_modules()
+                      if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in LoraSettings().target_modules)
+    return ModelShape(base.matmul_params, base.n_layers, base.n_heads, base.head_dim, lora).lora_train_step(
         batch, width)
 
 

@@ -1,0 +1,132 @@
+"""Generator presets: the paper's decoders for Qwen2.5 and small ones sized for SmolLM2 on CPU.
+
+A preset fixes the condition shape (N prompts × L tokens × encoder width), the decoder cascade
+(C, H, W after each layer) and the LoRA token layout it emits (n_tokens × (r+2) × (w+2)).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class GeneratorPreset:
+    name: str
+    features: tuple[tuple[int, int, int], ...]  # (C, H, W) of the input and after every layer
+    kernel: int | tuple[int, ...]  # one kernel for all layers, or one per layer
+    n_prompts: int  # N: prompts per condition
+    prompt_tokens: int  # L: encoder tokens per prompt (padded; > 512 is encoded in 512-token chunks)
+    rank: int
+    width: int  # chunk width w of the LoRA tokenizer
+    project_to: int | None = None  # long prompts: Linear(L→P), SiLU, Linear(P→P) along the token axis
+    encoder_dim: int = 384
+    note: str = ""
+
+    def kernels(self) -> tuple[int, ...]:
+        n = len(self.features) - 1
+        return tuple(self.kernel) if isinstance(self.kernel, (tuple, list)) else (int(self.kernel),) * n
+
+    @property
+    def n_tokens(self) -> int:
+        return self.features[-1][0]
+
+    @property
+    def token_shape(self) -> tuple[int, int]:
+        return self.features[-1][1], self.features[-1][2]
+
+    def check(self) -> None:
+        n = len(self.features) - 1
+        if n < 1 or len(self.kernels()) != n:
+            raise HarnessError(f"generator preset {self.name}: needs >= 2 feature shapes and one kernel per layer")
+        c, h, w = self.features[0]
+        if (c, h, w) != (self.n_prompts, self.project_to or self.prompt_tokens, self.encoder_dim):
+            raise HarnessError(f"generator preset {self.name}: input shape {self.features[0]} must be (n_prompts, "
+                               f"project_to or prompt_tokens, encoder_dim) = ({self.n_prompts}, "
+                               f"{self.project_to or self.prompt_tokens}, {self.encoder_dim})")
+        if self.token_shape != (self.rank + 2, self.width + 2):
+            raise HarnessError(f"generator preset {self.name}: output tokens {self.token_shape} must be "
+                               f"(rank+2, width+2) = ({self.rank + 2}, {self.width + 2})")
+
+    def check_fits(self, n_tokens: int, rank: int, width: int, model_name: str) -> None:
+        """One-line error when the preset cannot emit the base model's LoRA."""
+        if (self.n_tokens, self.rank, self.width) != (n_tokens, rank, width):
+            raise HarnessError(
+                f"generator preset {self.name} emits {self.n_tokens} tokens for rank {self.rank}, width {self.width}; "
+                f"a rank-{rank} LoRA of {model_name} needs {n_tokens} tokens of width {width}: "
+                f"pick the preset made for {model_name} (strategy.preset=null uses the model's dnd_preset)")
+
+
+def _paper(name, kernel, prompts, tokens, feats, rank, width, project=None, note=""):
+    return GeneratorPreset(name, tuple(feats), kernel, prompts, tokens, rank, width, project, note=note)
+
+
+PRESETS: dict[str, GeneratorPreset] = {p.name: p for p in [
+    _paper("qwen2.5-0.5b", 9, 128, 384,
+           [(128, 384, 384), (128, 200, 300), (128, 100, 256), (256, 50, 200), (512, 50, 200), (1024, 25, 200),
+            (1024, 10, 200), (2048, 10, 200), (4296, 10, 130)], 8, 128,
+           note="the paper's commonsense decoder for Qwen2.5-0.5B, r8 (about 1.11 B parameters)"),
+    _paper("qwen2.5-1.5b", 11, 32, 4608,
+           [(32, 1000, 384), (64, 500, 300), (256, 500, 300), (512, 125, 300), (1024, 64, 256), (2048, 32, 256),
+            (4508, 18, 258)], 16, 256, project=1000, note="the paper's math decoder for Qwen2.5-1.5B, r16"),
+    _paper("qwen2.5-1.5b-code", 11, 16, 26624,
+           [(16, 1000, 384), (64, 500, 300), (256, 125, 300), (512, 64, 300), (1024, 64, 256), (2048, 32, 256),
+            (4508, 18, 258)], 16, 256, project=1000, note="the paper's coding decoder for Qwen2.5-1.5B, r16"),
+    _paper("qwen2.5-7b", 11, 16, 4608,
+           [(16, 1000, 384), (64, 500, 384), (256, 125, 400), (512, 64, 400), (1024, 64, 400), (2048, 32, 400),
+            (4928, 18, 514)], 16, 512, project=1000, note="the paper's math decoder for Qwen2.5-7B, r16"),
+    # CPU scale. SmolLM2-135M r8 at width 192 (the gcd of 576, 192 and 1536): 1590 tokens of 10 × 194.
+    _paper("smollm2-small", (3, 3, 1), 32, 64,
+           [(32, 64, 384), (32, 16, 128), (64, 10, 194), (1590, 10, 194)], 8, 192,
+           note="SmolLM2-135M r8 on CPU: the leave-one-out and speedup experiments (about 0.5 s per step, batch 4)"),
+    _paper("smollm2-tiny", (1, 3, 1), 16, 48,
+           [(16, 48, 384), (16, 16, 128), (32, 10, 194), (1590, 10, 194)], 8, 192,
+           note="SmolLM2-135M r8, the embedded default: about 0.3 s per meta-train step (batch 4) on 2 CPU cores"),
+    # tiny-random (2 layers, hidden 64): 64 tokens of 10 × 34, for tests.
+    _paper("tiny-random", 3, 4, 16, [(4, 16, 384), (16, 12, 96), (64, 10, 34)], 8, 32,
+           note="the tiny random test model"),
+]}
+
+
+def get_preset(name: str) -> GeneratorPreset:
+    if name not in PRESETS:
+        raise HarnessError(f"unknown DnD generator preset {name!r}; known: {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    preset.check()
+    return preset
+
+
+@dataclass
+class MetaTrainSettings:
+    steps: int = 200
+    batch_size: int = 4
+    lr: float = 3e-5
+    weight_decay: float = 0.1
+    warmup_steps: int = 1
+    grad_clip: float = 1.0
+    condition_noise: float = 1e-4
+    target_noise: float = 1e-5
+    seed: int = 999
+    log_every: int = 10
+    extra: dict = field(default_factory=dict)
+
+
+def print_presets() -> None:
+    """`harness list dnd-presets`: each preset's shapes and size (counted on the meta device)."""
+    import torch
+
+    from baselines.dnd.model import Generator
+
+    for p in PRESETS.values():
+        with torch.device("meta"):
+            gen = Generator(p)
+        params = sum(t.numel() for t in gen.parameters())
+        print(f"{p.name:18s} {params / 1e6:8.2f} M params, {gen.flops() / 1e12:7.3f} TFLOP/generation, "
+              f"condition {p.n_prompts}×{p.prompt_tokens}, emits {p.n_tokens}×{p.token_shape[0]}×{p.token_shape[1]}"
+              f" (r{p.rank}, w{p.width}): {p.note}")
+
+
+def register_list() -> None:
+    from harness.cli import LISTS
+
+    LISTS["dnd-presets"] = print_presets

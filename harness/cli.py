@@ -22,6 +22,7 @@ VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--conf
 FINISHED: list[Path] = []  # cells run or skipped by this process (basic launcher)
 FAILED: list[str] = []  # one-line errors of cells that could not run
 ROOTS: list[Path] = []  # runs_dir of each cell, as composed
+LISTS: dict = {}  # extra `harness list NAME` pages that strategies contribute: name → function printing it
 
 
 def options(group: str) -> list[str]:
@@ -33,8 +34,9 @@ def _fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
-def check_overrides(args: list[str]) -> None:
-    """Malformed overrides, unknown group options and unknown keys, before anything runs."""
+def check_overrides(args: list[str]):
+    """Malformed overrides, unknown group options and unknown keys, before anything runs; returns the
+    config of the sweep's first cell."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -72,7 +74,7 @@ def check_overrides(args: list[str]) -> None:
                                        f"(see `harness list {plural}`)")
         prefix = ov.input_line.split("=", 1)[0]
         first_values.append(f"{prefix}={values[0]}" if values else ov.input_line)
-    compose_config(first_values)
+    return compose_config(first_values)
 
 
 def _unparsable(parser, override: str) -> bool:
@@ -130,9 +132,19 @@ def cmd_run(args: list[str]) -> None:
     if any(a in ("-h", "--help", "--hydra-help") for a in args):
         _hydra_run(args)
         return
-    check_overrides(args)
+    cfg = check_overrides(args)
     FINISHED.clear(), FAILED.clear(), ROOTS.clear()
-    _hydra_run(args)
+    sweeps = cfg.get("sweeps")
+    if sweeps:
+        # An experiment made of several sweeps (a union of grids that one cartesian product cannot
+        # express): each list of overrides runs as its own -m sweep on top of the command line.
+        runs = [["-m", *args, *(str(o) for o in sweep)] for sweep in sweeps]
+        for run in runs:
+            check_overrides(run)
+        for run in runs:
+            _hydra_run(run)
+    else:
+        _hydra_run(args)
     if FINISHED:
         from harness import report
 
@@ -155,12 +167,22 @@ def _summary_exit() -> int:
 def cmd_list(what: str) -> None:
     from omegaconf import OmegaConf
 
+    import baselines  # noqa: F401  (strategies register their own lists)
+
+    if what in LISTS:
+        LISTS[what]()
+        return
     group = PLURALS.get(what, what)
     if group not in GROUPS:
         raise HarnessError(f"nothing called {what!r} to list: use one of tasks, strategies, models, budgets, "
-                           f"experiments, engines")
-    for name in options(group):
+                           f"experiments, engines, {', '.join(LISTS)}")
+    def load(name: str):  # a group option merged over the options it names in its defaults list
         cfg = OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")
+        parents = [d for d in cfg.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+        return OmegaConf.merge(*(load(p) for p in parents), cfg) if parents else cfg
+
+    for name in options(group):
+        cfg = load(name)
         if group == "task":
             extra = f"{cfg.get('family', '')}, lm-eval task {cfg.get('lm_eval_task')}"
         elif group == "budget":

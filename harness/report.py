@@ -7,6 +7,12 @@ from pathlib import Path
 from harness import store
 
 GROUP = ("model", "task", "budget", "strategy", "variant")  # variant: config hash without the seed
+# Extra report pages that strategies contribute: file name → (title, intro, records → Markdown or None).
+SECTIONS: dict[str, tuple] = {}
+
+
+def register_section(filename: str, title: str, intro: str, render) -> None:
+    SECTIONS[filename] = (title, intro, render)
 
 
 def _paired(base: list[dict], other: list[dict], metric: str = "acc") -> dict | None:
@@ -65,6 +71,7 @@ def leaderboard(records: list[tuple[Path, dict]]):
             "per_query_s": r["per_query"]["wall_s"], "horizon": r["at_horizon"]["horizon"],
             "total_flops_at_horizon": (r["at_horizon"]["flops_measured"] if r["per_query"]["flops_measured"]
                                        else r["at_horizon"].get("flops_analytic", 0)),
+            "one_off_flops_amortized": (r["adaptation_cost"].get("one_off_amortized") or {}).get("flops_measured", 0),
             "budget_spent": (r["adaptation"].get("budget") or {}).get("spent"),
             "budget_bound": bool((r["adaptation"].get("budget") or {}).get("bound")),
         })
@@ -80,6 +87,7 @@ def leaderboard(records: list[tuple[Path, dict]]):
         seeds=("seed", "nunique"), cells=("seed", "count"), n_min=("n", "min"), acc=("acc", "mean"), acc_stderr=("acc_stderr", stderr_of_mean),
         acc_seed_std=("acc", "std"), acc_norm=("acc_norm", "mean"), n=("n", "first"),
         labels_used=("labels_used", "mean"), adapt_flops=("adapt_flops", "mean"), adapt_s=("adapt_s", "mean"),
+        one_off_flops_amortized=("one_off_flops_amortized", "mean"),
         per_query_flops=("per_query_flops", "mean"), horizon=("horizon", "first"),
         total_flops_at_horizon=("total_flops_at_horizon", "mean"), budget_bound=("budget_bound", "any"),
     ).reset_index()
@@ -162,8 +170,8 @@ def _fmt_flops(x: float) -> str:
 
 def markdown(board) -> str:
     head = ("| model | task | budget | strategy | config | acc ± stderr | n | seeds | labels | adapt FLOPs | adapt s "
-            "| per-query FLOPs | total FLOPs @ horizon | Δ vs base (p) | budget bound |")
-    lines = [head, "|" + "---|" * 15]
+            "| one-off FLOPs (amortized) | per-query FLOPs | total FLOPs @ horizon | Δ vs base (p) | budget bound |")
+    lines = [head, "|" + "---|" * 16]
     for _, r in board.iterrows():
         delta = r.get("delta_vs_base")
         delta_s = "—" if delta is None or (isinstance(delta, float) and math.isnan(delta)) else \
@@ -172,6 +180,7 @@ def markdown(board) -> str:
             f"| {r.model} | {r.task} | {r.budget} | {r.strategy} | {r.variant} | {r.acc:.3f} ± {r.acc_stderr:.3f} "
             f"| {int(r.n)}{'' if r.n_min == r.n else f' (min {int(r.n_min)})'} "
             f"| {int(r.seeds)} | {r.labels_used:g} | {_fmt_flops(r.adapt_flops)} | {r.adapt_s:.1f} "
+            f"| {_fmt_flops(r.one_off_flops_amortized) if r.one_off_flops_amortized else '—'} "
             f"| {_fmt_flops(r.per_query_flops)} | {_fmt_flops(r.total_flops_at_horizon)} (h={int(r.horizon)}) "
             f"| {delta_s} | {'yes' if r.budget_bound else 'no'} |")
     return "\n".join(lines) + "\n"
@@ -187,7 +196,8 @@ def build(out_dir: Path, folders: list[Path] | None = None, runs_dir: Path | Non
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = ("# Leaderboard\n\nAccuracy is lm-eval `acc` on the cell's eval items; stderr is the analytic standard "
-            "error of the mean. `config` is a hash of the cell's configuration without its seed: rows differ in some "
+            "error of the mean. Adapt FLOPs/s: what this target paid alone; one-off FLOPs: phases shared by several "
+            "targets (a DnD generator's library and training), divided by how many share them. `config` is a hash of the cell's configuration without its seed: rows differ in some "
             "setting when it differs. FLOPs are measured (FlopCounterMode; analytic where counting was turned off). Total FLOPs at horizon = adaptation + horizon "
             "× per-query. Δ vs base: paired difference on the same items; p: McNemar's exact test on the discordant "
             "pairs pooled over seeds.\n\n"
@@ -196,4 +206,12 @@ def build(out_dir: Path, folders: list[Path] | None = None, runs_dir: Path | Non
     board.to_csv(out_dir / "leaderboard.csv", index=False)
     sig.to_csv(out_dir / "significance.csv", index=False)
     plot(board, out_dir / "accuracy_vs_flops.png")
-    return markdown(board)
+    text = markdown(board)
+    import baselines  # noqa: F401  (strategies register their report sections)
+
+    for filename, (title, intro, render) in SECTIONS.items():
+        page = render(records)
+        if page:
+            (out_dir / filename).write_text(f"# {title}\n\n{intro}\n\n{page}")
+            text += f"\n## {title}\n\n{page}"
+    return text

@@ -43,18 +43,25 @@ def say(message: str) -> None:
 def run_cell(cfg) -> Path:
     """Run (or skip, if already finished) the cell `cfg` describes; return its folder."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    label = f"{config['model']['name']} / {config['task']['name']} / {config['strategy']['name']} / " \
-            f"{config['budget']['name']} / seed {config['seed']}"
 
     # Everything that can be checked without compute is checked first.
     strategy = get_strategy(cfg.strategy.impl)
     strategy.validate(cfg.strategy)
+    if hasattr(strategy, "validate_cell"):
+        strategy.validate_cell(cfg)
+    config["seed"] = as_int(cfg.seed, "seed")
+    if config["seed"] != 0 and hasattr(strategy, "uses_seed") and not strategy.uses_seed(cfg.strategy):
+        # The seed changes nothing this strategy computes: every seed is the seed-0 cell, run once.
+        say(f"{config['strategy']['name']} does not use the seed: seed {config['seed']} is the seed-0 cell")
+        config["seed"] = 0
+    label = f"{config['model']['name']} / {config['task']['name']} / {config['strategy']['name']} / " \
+            f"{config['budget']['name']} / seed {config['seed']}"
     budget = Budget.from_cfg(cfg.budget)
     device = resolve_device(cfg.engine.device)
     dtype = resolve_dtype(cfg.engine.dtype, device)
     limit = as_int(cfg.eval.limit, "eval.limit", minimum=1, allow_none=True)
     subset_seed = as_int(cfg.eval.subset_seed, "eval.subset_seed")
-    seed = as_int(cfg.seed, "seed")
+    seed = config["seed"]
     batch_size = as_int(cfg.engine.batch_size, "engine.batch_size", minimum=1)
 
     # The key covers the config and the content of its inputs (data files, a given adapter), so a
@@ -84,7 +91,9 @@ def run_cell(cfg) -> Path:
         torch.manual_seed(seed)
         ctx = AdaptContext(model=loaded.model, tokenizer=loaded.tokenizer, task=task, budget=budget,
                            settings=cfg.strategy, seed=seed, workdir=work, device=device,
-                           progress=bool(cfg.progress))
+                           progress=bool(cfg.progress), model_name=config["model"]["name"],
+                           model_cfg=config["model"],
+                           shared_dir=Path(config["runs_dir"]) / config["model"]["name"] / "_shared")
         adaptation = strategy.adapt(ctx)
         store.write_json_atomic(work / store.ADAPTATION, {"key": key, "adaptation": adaptation.to_dict()})
 
@@ -132,11 +141,14 @@ def _relocate(obj, old: str, new: str):
 
 def _record(config, key, model_info, task: TaskHandle, indices, adaptation: Adaptation, result, limit) -> dict:
     costs = [c.to_dict() for c in adaptation.costs] + [result.cost.to_dict()]
-    adapt_cost = {
-        "wall_s": sum(c.wall_s for c in adaptation.costs),
-        "flops_measured": sum(c.flops_measured for c in adaptation.costs),
-        "flops_analytic": sum(c.flops_analytic for c in adaptation.costs),
-    }
+    # Phases this target paid alone, and one-off phases (a generator's library and training) that
+    # `shared_by` targets share: recorded whole and amortized, never folded into the marginal cost.
+    own = [c for c in adaptation.costs if not c.shared_by]
+    shared = [c for c in adaptation.costs if c.shared_by]
+    fields = ("wall_s", "flops_measured", "flops_analytic")
+    adapt_cost = {f: sum(getattr(c, f) for c in own) for f in fields}
+    adapt_cost["one_off"] = {f: sum(getattr(c, f) for c in shared) for f in fields}
+    adapt_cost["one_off_amortized"] = {f: sum(getattr(c, f) / c.shared_by for c in shared) for f in fields}
     horizon = int(config["budget"]["horizon"])
     metrics = dict(result.metrics)
     metrics["n"] = result.n
@@ -162,6 +174,8 @@ def _record(config, key, model_info, task: TaskHandle, indices, adaptation: Adap
             "horizon": horizon,
             "flops_measured": adapt_cost["flops_measured"] + horizon * result.per_query["flops_measured"],
             "flops_analytic": adapt_cost["flops_analytic"] + horizon * result.per_query["flops_analytic"],
+            "flops_measured_incl_one_off_amortized": adapt_cost["flops_measured"]
+            + adapt_cost["one_off_amortized"]["flops_measured"] + horizon * result.per_query["flops_measured"],
         },
         "samples_file": store.SAMPLES,
     }

@@ -13,7 +13,7 @@ ADAPTATION = "adaptation.json"
 SCHEMA = 1
 
 # Config keys that change where or how loudly a cell runs, not what it computes.
-NON_IDENTITY_KEYS = ("runs_dir", "progress", "experiment", "report")
+NON_IDENTITY_KEYS = ("runs_dir", "progress", "experiment", "report", "sweeps")
 
 
 def identity(config: dict) -> dict:

@@ -28,6 +28,9 @@ class AdaptContext:
     workdir: Path  # the cell's folder: adapters and logs go here
     device: torch.device
     progress: bool = True
+    model_name: str = ""
+    model_cfg: dict = field(default_factory=dict)  # resolved model config (keys of cached shared artifacts)
+    shared_dir: Path | None = None  # artifacts shared by cells of one model (e.g. DnD's library, generators)
 
 
 @dataclass
@@ -59,6 +62,8 @@ class Adaptation:
 class Strategy(Protocol):
     def validate(self, settings) -> None:
         """Check the settings before any model is loaded or compute spent (raise HarnessError)."""
+
+    # Optional: `validate_cell(cfg)` checks what needs the whole cell (e.g. the target task).
 
     def adapt(self, ctx: AdaptContext) -> Adaptation: ...
 

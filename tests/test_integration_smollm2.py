@@ -83,3 +83,23 @@ def test_plain_lm_eval_cli_runs_our_task_yaml(smollm2, tmp_path):
     assert len(result_files) == 1
     results = json.loads(result_files[0].read_text())["results"]["harness_boolq"]
     assert 0.0 <= results["acc,none"] <= 1.0 and results["acc_stderr,none"] > 0
+
+
+def test_dnd_on_smollm2_generates_an_adapter_of_the_real_layout(tmp_path):
+    """SmolLM2 r8: 1590 parameter tokens of 10 × 194; the generated adapter is scored on real items."""
+    import json
+
+    from harness.runner import run_cell
+
+    cfg = compose("model=smollm2-135m", "task=arc_easy", "strategy=dnd_default", "eval.limit=5", "progress=false",
+                  "strategy.collect.steps=3", "strategy.collect.checkpoints=2", "strategy.meta_train.steps=4",
+                  "strategy.bank=16", f"runs_dir={tmp_path}")
+    record = json.loads((run_cell(cfg) / "record.json").read_text())
+    details = record["adaptation"]["details"]
+    assert details["tokens"]["n_tokens"] == 1590 and details["tokens"]["token_shape"] == [10, 194]
+    assert details["preset"] == "smollm2-tiny" and details["library"] == ["arc_challenge", "openbookqa"]
+    assert record["metrics"]["n"] == 5
+    shared = {c["phase"]: c["shared_by"] for c in record["costs"] if c["shared_by"]}
+    assert shared == {"collect": 2, "meta_train": 2}  # the default's two targets share the library
+    assert record["adaptation_cost"]["one_off_amortized"]["flops_measured"] == pytest.approx(
+        record["adaptation_cost"]["one_off"]["flops_measured"] / 2)

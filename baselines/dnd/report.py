@@ -39,8 +39,9 @@ def loo_table(records) -> str | None:
     if not targets:
         return None
     lines = ["| model | held-out task | base | library LoRAs: avg | best (oracle) | library mean | nearest | "
-             "DnD: mean ± std | adapters | DnD − library avg | ‖DnD − mean‖ / ‖mean‖ | library spread |",
-             "|" + "---|" * 12]
+             "DnD: mean ± std | adapters | DnD − library avg | ‖DnD − mean‖ / ‖mean‖ | library spread "
+             "| ‖DnD‖ / ‖mean‖ |",
+             "|" + "---|" * 13]
     avgs = {k: [] for k in ("base", "avg", "best", "mean", "nearest", "dnd")}
     for model, budget, task in targets:
         mine = [c for c in cells if (c["model"], c["budget"], c["task"]) == (model, budget, task)]
@@ -59,6 +60,8 @@ def loo_table(records) -> str | None:
         collapse = [c["details"].get("collapse") or {} for c in dnd]
         dist = statistics.fmean(x["rel_dist_to_library_mean"] for x in collapse if x) if any(collapse) else None
         spread = statistics.fmean(x["library_spread"] for x in collapse if x) if any(collapse) else None
+        norm = statistics.fmean(x["l2_norm"] / x["library_mean_l2_norm"] for x in collapse if x) \
+            if any(collapse) else None
         values = {"base": base[0]["acc"] if base else None, "avg": avg,
                   "best": member_accs[best_task] if best_task else None,
                   "mean": mean[0]["acc"] if mean else None, "nearest": nearest[0]["acc"] if nearest else None,
@@ -72,12 +75,13 @@ def loo_table(records) -> str | None:
             f"| {_fmt(values['best'])}{f' ({best_task})' if best_task else ''} | {_fmt(values['mean'])} "
             f"| {_fmt(values['nearest'])}{f' ({near_task})' if near_task else ''} "
             f"| {dnd_mean:.3f} ± {_fmt(dnd_std)} | {len(accs)} "
-            f"| {_fmt(dnd_mean - avg, '+.3f') if avg is not None else '—'} | {_fmt(dist)} | {_fmt(spread)} |")
+            f"| {_fmt(dnd_mean - avg, '+.3f') if avg is not None else '—'} | {_fmt(dist)} | {_fmt(spread)} "
+            f"| {_fmt(norm)} |")
     if len(targets) > 1:
         m = {k: (statistics.fmean(v) if v else None) for k, v in avgs.items()}
         diff = m["dnd"] - m["avg"] if m["avg"] is not None else None
         lines.append(f"| | **average** | {_fmt(m['base'])} | {_fmt(m['avg'])} | {_fmt(m['best'])} | {_fmt(m['mean'])} "
-                     f"| {_fmt(m['nearest'])} | {_fmt(m['dnd'])} | | {_fmt(diff, '+.3f')} | | |")
+                     f"| {_fmt(m['nearest'])} | {_fmt(m['dnd'])} | | {_fmt(diff, '+.3f')} | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,8 +151,9 @@ LOO_INTRO = ("Per held-out task: accuracy on the same eval items. Library LoRAs:
              "Library mean: the parameter mean (A and B separately) of every library checkpoint. Nearest: the "
              "library LoRA whose prompts embed closest to the target's. DnD: mean ± std over generated adapters "
              "(one per prompt batch). ‖DnD − mean‖/‖mean‖: distance of the generated weights from the library mean; "
-             "library spread: the same for the library's own LoRAs. DnD ≈ library mean in both accuracy and weights "
-             "means the generator collapsed to its training average.")
+             "library spread: the same for the library's own LoRAs; ‖DnD‖/‖mean‖: the generated weights' norm relative to "
+             "the library mean's. DnD ≈ library mean in both accuracy and weights means the generator collapsed to its "
+             "training average; a distance near 1 with a small norm means it has not learned the weights at all.")
 SPEEDUP_INTRO = ("Wall-clock and FLOPs (measured) of adaptation on this machine. DnD generation is one encoder + "
                  "decoder pass; its one-off phases (collecting the LoRA library, training the generator) are shown "
                  "amortized over the targets that share them and whole. Speedup = the row's cost ÷ DnD's cost. ICL "

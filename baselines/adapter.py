@@ -29,9 +29,19 @@ class ExistingAdapter:
         return digest.hexdigest()
 
     def adapt(self, ctx: AdaptContext) -> Adaptation:
+        from safetensors.torch import load_file
+
         b = ctx.budget
         folder = Path(str(ctx.settings.path)).expanduser().resolve()
         labels = ctx.settings.get("labels_used")
-        return Adaptation(kind="adapter", adapter_dir=str(folder), labels_used=int(labels or 0),
-                          budget=BudgetUse(b.name, b.kind, b.amount, b.horizon, 0.0, False, "cost not known here"),
+        weights = folder / "adapter_model.safetensors"
+        # Served unmerged: every query pays 2 FLOPs per adapter weight and token processed.
+        n_lora = sum(t.numel() for k, t in load_file(str(weights)).items() if "lora_" in k) if weights.is_file() else 0
+        extra = ctx.pricing.extra(lora_params=n_lora)
+        use = BudgetUse.of(b, own=float(labels or 0) if b.kind == "examples" else 0.0,
+                           queries=b.horizon * extra if b.kind == "flops" else 0.0,
+                           reason="how the adapter was made is not known here: only serving it (and labels_used, "
+                                  "when given) is charged")
+        return Adaptation(kind="adapter", adapter_dir=str(folder), labels_used=int(labels or 0), budget=use,
+                          per_query_extra_flops=extra, lora_params=n_lora,
                           details={"labels_used_known": labels is not None})

@@ -12,5 +12,4 @@ class Base:
         return False
 
     def adapt(self, ctx: AdaptContext) -> Adaptation:
-        b = ctx.budget
-        return Adaptation(kind="none", budget=BudgetUse(b.name, b.kind, b.amount, b.horizon, 0.0, False, "nothing to spend"))
+        return Adaptation(kind="none", budget=BudgetUse.of(ctx.budget, reason="nothing to spend"))

@@ -13,7 +13,6 @@ import torch
 from harness.budget import BudgetUse
 from harness.config_checks import as_int
 from harness.errors import HarnessError
-from harness.flops import ModelShape
 from harness.strategy import AdaptContext, Adaptation, register_strategy
 
 
@@ -31,52 +30,48 @@ class InContext:
     def validate(self, settings) -> None:
         as_int(settings.shots, "strategy.shots", minimum=0)
 
-    def _extra_flops(self, ctx: AdaptContext, shape: ModelShape, prefix_tokens: int, query_tokens: float,
-                     forwards: float) -> float:
-        """Analytic extra FLOPs per query: every forward pass of the query carries the prefix."""
-        p, q = prefix_tokens, query_tokens
-        linear = 2 * (shape.matmul_params + shape.lora_params) * p
-        attention = 4 * shape.n_layers * shape.n_heads * shape.head_dim * ((p + q) ** 2 - q ** 2)
-        return forwards * (linear + attention)
-
     def adapt(self, ctx: AdaptContext) -> Adaptation:
         b = ctx.budget
         wanted = int(ctx.settings.shots)
         demos = ctx.task.sample_pool(wanted, ctx.seed)
-        shape = ModelShape.of(ctx.model)
-        tok = ctx.tokenizer
-        forwards, query_tokens = ctx.task.query_profile(tok)  # forward passes per query, tokens per pass
+        pricing = ctx.pricing
 
         @functools.lru_cache(maxsize=None)  # each k priced once (a seconds budget times a forward pass)
         def cost(k: int) -> float:
+            """What k demonstrations cost over the horizon, in the budget's unit."""
             prefix = build_prefix(ctx, demos[:k])
-            n_tok = len(tok(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0
             if b.kind == "flops":
-                return b.horizon * self._extra_flops(ctx, shape, n_tok, query_tokens, forwards)
+                return b.horizon * pricing.extra(prefix) if k else 0.0
             if b.kind == "examples":
                 return float(k)
             if b.kind == "seconds":
-                return b.horizon * forwards * self._time_prefix(ctx, prefix)
+                return b.horizon * pricing.passes() * self._time_prefix(ctx, prefix)
             return 0.0  # a step budget does not limit ICL: it takes no training step
 
         k = wanted
-        while k > 0 and cost(k) > b.amount:
-            k -= 1
-        spent = cost(k)
+        if cost(wanted) > b.amount:  # the price grows with k: the largest k that fits, by bisection
+            lo, hi = 0, wanted  # cost(lo) fits, cost(hi) does not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if cost(mid) <= b.amount else (lo, mid)
+            k = lo
         bound = k < wanted
         reason = (f"{wanted} demonstrations cost {cost(wanted):.3g} {b.kind} over the horizon; {k} fit" if bound
                   else "all demonstrations fit")
         prefix = build_prefix(ctx, demos[:k])
-        n_tok = len(tok(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0
         window = getattr(getattr(ctx.model, "config", None), "max_position_embeddings", None)
-        if window and n_tok + 2 * query_tokens > window:  # lm-eval would silently cut the oldest demonstrations
-            raise HarnessError(f"icl: {k} demonstrations take {n_tok} tokens, beyond the model's context window "
-                               f"({window}) with the query: lower strategy.shots")
+        longest = pricing.longest(prefix or None)
+        if window and longest > window:  # lm-eval would silently cut the oldest demonstrations
+            raise HarnessError(f"icl: {k} demonstrations make queries of up to {longest} tokens, beyond the model's "
+                               f"context window ({window}): lower strategy.shots")
+        extra = pricing.extra(prefix) if k else 0.0
+        spent = cost(k)
+        use = BudgetUse.of(b, own=spent if b.kind == "examples" else 0.0,
+                           queries=spent if b.kind in ("flops", "seconds") else 0.0, bound=bound, reason=reason)
         return Adaptation(
-            kind="prefix" if k else "none", prefix=prefix or None, labels_used=k,
-            budget=BudgetUse(b.name, b.kind, b.amount, b.horizon, spent, bound, reason),
-            per_query_extra_flops=self._extra_flops(ctx, shape, n_tok, query_tokens, forwards),
-            details={"shots_requested": wanted, "shots_used": k, "prefix_tokens": n_tok,
+            kind="prefix" if k else "none", prefix=prefix or None, labels_used=k, budget=use,
+            per_query_extra_flops=extra,
+            details={"shots_requested": wanted, "shots_used": k, "prefix_tokens": pricing.prefix_tokens(prefix),
                      "demo_rows": _rows(ctx.task.pool_docs, demos[:k]) if k <= 64 else None})
 
     @staticmethod

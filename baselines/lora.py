@@ -5,28 +5,12 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
-from harness.budget import TrainingBudget
+from harness.budget import BudgetUse, TrainingBudget
 from harness.config_checks import as_float, as_int
 from harness.costs import PhaseMeter
-from harness.errors import HarnessError
+from harness.errors import BudgetTooSmall
 from harness.strategy import AdaptContext, Adaptation, register_strategy
-from harness.trainer import LoraSettings, train_lora
-
-
-def lora_param_count(model, settings: LoraSettings) -> int:
-    """Parameters of A and B over every targeted Linear: r·(in + out) each."""
-    return sum(settings.rank * (m.in_features + m.out_features) for name, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in settings.target_modules)
-
-
-def _with_reserve(use, amount: float, reserved: float):
-    """The budget as the record states it: the full amount, training spend plus the reserved serving cost."""
-    if reserved:
-        use.amount, use.spent = amount, use.spent + reserved
-        use.stop_reason += f" (incl. {reserved:.3g} FLOPs reserved for serving the adapter over the horizon)"
-    return use
+from harness.trainer import LoraSettings, lora_param_count, train_lora
 
 
 @register_strategy("lora")
@@ -44,33 +28,50 @@ class LoraTuning:
         LoraSettings.from_cfg(settings)
 
     def adapt(self, ctx: AdaptContext) -> Adaptation:
+        b = ctx.budget
         shots = ctx.settings.get("shots")
         docs = ctx.task.sample_pool(int(shots) if shots is not None else None, ctx.seed)
+        labels_cut = ""
+        if b.kind == "examples":  # the budget counts distinct labeled examples: the first `amount` of the draw
+            allowed = int(b.amount)
+            if allowed < 1:
+                raise BudgetTooSmall(f"budget {b.name} allows no labeled example: set budget.amount >= 1")
+            if len(docs) > allowed:
+                labels_cut = f"the budget allows {allowed} labeled examples of the {len(docs)} drawn"
+                docs = docs[:allowed]
         examples = [ctx.task.training_example(d) for d in docs]
         settings = LoraSettings.from_cfg(ctx.settings)
-        if ctx.settings.get("epochs") is not None:  # e.g. the DnD paper's few-shot runs: 3 epochs at batch 1
-            cap = max(1, math.ceil(float(ctx.settings.epochs) * len(examples) / settings.batch_size))
+        epochs = ctx.settings.get("epochs")
+        if epochs is None and b.kind == "examples":
+            epochs = 1  # the labels are fixed; one pass over them unless strategy.epochs asks for more
+        if epochs is not None:  # e.g. the DnD paper's few-shot runs: 3 epochs at batch 1
+            cap = max(1, math.ceil(float(epochs) * len(examples) / settings.batch_size))
             settings = replace(settings, max_steps=min(cap, settings.max_steps or cap))
-        # The adapter is served unmerged, so every query pays 2·N_lora per token: on a FLOP budget that
-        # share of the horizon is reserved before training (other kinds do not price queries).
-        forwards, tokens = ctx.task.query_profile(ctx.tokenizer)
-        per_query_extra = 2 * lora_param_count(ctx.model, settings) * forwards * tokens
-        reserved = ctx.budget.horizon * per_query_extra if ctx.budget.kind == "flops" else 0.0
-        if reserved >= ctx.budget.amount:
-            raise HarnessError(f"budget {ctx.budget.name}: serving the adapter to {ctx.budget.horizon} queries "
-                               f"(~{reserved:.3g} FLOPs) leaves nothing to train with: raise budget.amount or "
-                               f"lower budget.horizon")
-        budget = TrainingBudget(replace(ctx.budget, amount=ctx.budget.amount - reserved))
+        # The adapter is served unmerged, so every query pays 2·N_lora per token it processes (generated
+        # ones included): on a FLOP budget that share of the horizon is reserved before training.
+        n_lora = lora_param_count(ctx.model, settings)
+        per_query_extra = ctx.pricing.extra(lora_params=n_lora)
+        reserved = b.horizon * per_query_extra if b.kind == "flops" else 0.0
+        if reserved >= b.amount:
+            raise BudgetTooSmall(f"budget {b.name}: serving the adapter to {b.horizon} queries (~{reserved:.3g} "
+                                 f"FLOPs) leaves nothing to train with: raise budget.amount or lower budget.horizon")
+        budget = TrainingBudget(b, reserved=reserved)
         with PhaseMeter("train", ctx.device) as meter:
             result = train_lora(ctx.model, ctx.tokenizer, examples, budget, settings, Path(ctx.workdir), meter,
                                 seed=ctx.seed, progress=ctx.progress)
-        meter.cost.details.update({"steps": result.steps, "examples_seen": result.examples_seen,
+        labels = min(result.sequences_processed, len(examples))
+        meter.cost.details.update({"steps": result.steps, "sequences_processed": result.sequences_processed,
                                    "real_tokens": result.tokens, "first_loss": result.losses[0],
                                    "final_loss": result.losses[-1]})
+        trained = budget.use
+        reason = "; ".join(r for r in (labels_cut, trained.stop_reason) if r)
+        if reserved:
+            reason += f" (with {reserved:.3g} FLOPs reserved for serving the adapter over the horizon)"
+        use = BudgetUse.of(b, own=labels if b.kind == "examples" else trained.spent, queries=reserved,
+                           bound=trained.bound or bool(labels_cut), reason=reason)
         return Adaptation(
-            kind="adapter", adapter_dir=result.adapter_dir, labels_used=min(result.examples_seen, len(examples)),
-            costs=[meter.cost], budget=_with_reserve(budget.use, ctx.budget.amount, reserved),
-            per_query_extra_flops=per_query_extra,
+            kind="adapter", adapter_dir=result.adapter_dir, labels_used=labels, costs=[meter.cost], budget=use,
+            per_query_extra_flops=per_query_extra, lora_params=n_lora,
             details={"mode": "few-shot" if shots is not None else "full-shot", "pool_examples": len(examples),
-                     "steps": result.steps, "examples_seen": result.examples_seen,
+                     "steps": result.steps, "sequences_processed": result.sequences_processed,
                      "trajectory": result.trajectory, "losses": result.losses})

@@ -38,7 +38,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, steps in (("warm-up", 2), ("timed", args.steps)):
-            budget = TrainingBudget(Budget("bench", "steps", steps, 0))
+            budget = TrainingBudget(Budget("bench", "steps", steps, 0, "excluded"))
             with PhaseMeter("train", device) as meter:
                 res = train_lora(loaded.model, loaded.tokenizer, examples, budget, settings, Path(tmp) / label,
                                  meter, seed=1, progress=False)

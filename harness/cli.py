@@ -151,7 +151,7 @@ def cmd_run(args: list[str]) -> None:
         folders = list(dict.fromkeys(FINISHED))
         root = ROOTS[0]
         out = root / "report"
-        text = report.build(out, folders=folders)
+        text = report.build(out, folders=folders, runs_dir=root)  # one-off shares counted over the whole store
         print(text)
         print(f"[harness] {len(folders)} cell(s); records under {root}/, report in {out}/ "
               f"(leaderboard.md, leaderboard.csv, significance.csv, accuracy_vs_flops.png)")
@@ -186,7 +186,7 @@ def cmd_list(what: str) -> None:
         if group == "task":
             extra = f"{cfg.get('family', '')}, lm-eval task {cfg.get('lm_eval_task')}"
         elif group == "budget":
-            extra = f"{cfg.kind} ≤ {cfg.amount:g}, horizon {cfg.horizon} queries"
+            extra = f"{cfg.kind} ≤ {cfg.amount:g}, horizon {cfg.horizon} queries, one-off phases {cfg.one_off}"
         elif group == "model":
             extra = f"{cfg.source}: {cfg.get('hub_id') or cfg.get('gguf_file') or ''}"
         elif group == "strategy":

@@ -24,7 +24,8 @@ class PhaseCost:
     peak_mem_bytes: int = 0
     peak_mem_kind: str = ""
     device: str = ""
-    shared_by: int | None = None  # one-off phases: how many target tasks share this cost
+    shared_by: int | None = None  # one-off phases: how many target tasks were declared to share this cost
+    artifact: str = ""  # one-off phases: the shared thing they built (e.g. a library LoRA's key), for counting users
     details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

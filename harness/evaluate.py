@@ -123,6 +123,32 @@ def _escape_template(text: str) -> str:
     return "{% raw %}" + text + "{% endraw %}" if text else text
 
 
+def _chat_template(tokenizer, history: list[dict], add_generation_prompt: bool = True) -> str:
+    """How lm-eval's HF model renders a chat (HFLM.apply_chat_template)."""
+    return tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         continue_final_message=not add_generation_prompt)
+
+
+def render_requests(task: TaskHandle, doc: dict, prefix: str | None) -> list:
+    """lm-eval's requests for one document with `prefix` in the description, rendered as evaluation renders
+    them (through the chat template when the task uses it): what a query costs is priced on these."""
+    import functools
+
+    t = task.task
+    chat = task.chat_tokenizer is not None
+    template = functools.partial(_chat_template, task.chat_tokenizer) if chat else None
+    saved = t.config.description
+    t.set_config(key="description", value=_escape_template(prefix or ""))
+    try:
+        context = t.fewshot_context(doc, int(t.config.num_fewshot or 0), apply_chat_template=chat,
+                                    chat_template=template, gen_prefix=t.doc_to_prefix(doc))
+        requests = t.construct_requests(doc=doc, ctx=context, metadata=(task.lm_eval_name, 0, t.config.repeats),
+                                        apply_chat_template=chat, chat_template=template)
+    finally:
+        t.set_config(key="description", value=saved)
+    return requests if isinstance(requests, list) else [requests]
+
+
 def attach_adapter(model, adapter_dir: str | Path):
     from peft import PeftModel
 

@@ -169,16 +169,19 @@ class ModelShape:
         tokens = batch * seq
         return 2 * (self.matmul_params + self.lora_params) * tokens + self.attention_forward(batch, seq)
 
-    def generate(self, batch: int, prompt: int, new: int) -> int:
+    def generate(self, batch: int, prompt: int, new: float) -> float:
         """Prefill of a [batch, prompt] tensor, then new-1 one-token steps against a growing KV cache.
 
-        The prefill computes logits for its last position only (transformers' logits_to_keep).
+        The prefill computes logits for its last position only (transformers' logits_to_keep). Step i
+        (1 ≤ i < new) attends over prompt + i positions; the sum is taken in closed form, so `new` may
+        be a mean over queries (the expected output length of a pricing).
         """
         total = self.forward(batch, prompt) - 2 * self.head_params * batch * max(prompt - 1, 0)
+        steps = max(new, 1) - 1
         per_token = 2 * (self.matmul_params + self.lora_params) * batch
-        for i in range(1, max(new, 1)):
-            total += per_token + self.attention_forward(batch, 1, prompt + i)
-        return total
+        attended = steps * prompt + steps * (steps + 1) / 2  # Σ_{i=1}^{steps} (prompt + i)
+        per_position = self.attention_forward(batch, 1, 1)  # attention of one query token per cached position
+        return total + steps * per_token + per_position * attended
 
     def lora_train_step(self, batch: int, seq: int) -> int:
         """Forward + backward with a frozen base and trainable LoRA modules."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
+import random
 import shutil
 import sys
 from importlib import metadata
@@ -16,7 +17,9 @@ from harness.budget import Budget
 from harness.config_checks import as_int
 from harness.errors import HarnessError
 from harness.evaluate import evaluate_adaptation
+from harness.flops import ModelShape
 from harness.models import load_model, resolve_device, resolve_dtype
+from harness.pricing import OutputLength, QueryPricer
 from harness.strategy import AdaptContext, Adaptation, get_strategy
 from harness.tasks import TaskHandle
 
@@ -76,6 +79,9 @@ def run_cell(cfg) -> Path:
     inputs = {"data": task.pool_info.fingerprints}
     if hasattr(strategy, "fingerprint"):
         inputs["strategy"] = strategy.fingerprint(cfg.strategy)
+    output = output_length(config, task)  # prices generation, so it is an input: a new base cell, a new key
+    if output is not None:
+        inputs["output_length"] = {"tokens": output.tokens, "source": output.source}
     key = store.cell_key({**config, "inputs": inputs})
     folder = store.cell_dir(Path(config["runs_dir"]), config, key)
     if store.read_record(folder, key) is not None:
@@ -87,6 +93,7 @@ def run_cell(cfg) -> Path:
     loaded = load_model(cfg.model, device, dtype)
     if use_chat_template(cfg, task, loaded.tokenizer):
         task.use_chat(loaded.tokenizer)
+    pricing = QueryPricer(task, loaded.tokenizer, ModelShape.of(loaded.model), output)
 
     work = folder.with_name(folder.name + ".partial")
     work.mkdir(parents=True, exist_ok=True)
@@ -100,7 +107,7 @@ def run_cell(cfg) -> Path:
         ctx = AdaptContext(model=loaded.model, tokenizer=loaded.tokenizer, task=task, budget=budget,
                            settings=cfg.strategy, seed=seed, workdir=work, device=device,
                            progress=bool(cfg.progress), model_name=config["model"]["name"],
-                           model_cfg=config["model"],
+                           model_cfg=config["model"], pricing=pricing,
                            shared_dir=Path(config["runs_dir"]) / config["model"]["name"] / "_shared")
         adaptation = strategy.adapt(ctx)
         store.write_json_atomic(work / store.ADAPTATION, {"key": key, "adaptation": adaptation.to_dict()})
@@ -108,6 +115,10 @@ def run_cell(cfg) -> Path:
     result = evaluate_adaptation(loaded.model, loaded.tokenizer, task, adaptation, indices, batch_size, device,
                                  count_flops=bool(cfg.engine.count_flops), engine_cfg=cfg.engine,
                                  model_dir=loaded.info.get("cache") or loaded.info.get("hub_id"))
+    result.per_query["predicted"] = {"flops_analytic": pricing.flops(adaptation.prefix, adaptation.lora_params),
+                                     "queries_priced": len(pricing.docs), "priced_on": pricing.source,
+                                     **pricing.describe()}
+    settle_budget(adaptation, budget, pricing, task.eval_docs, indices, result.per_query)
     record = _record(config, key, loaded.info, task, indices, adaptation, result, limit)
     record["inputs"] = inputs
     record["adaptation"] = _relocate(record["adaptation"], str(work), str(folder))  # name published paths
@@ -136,6 +147,53 @@ def use_chat_template(cfg, task: TaskHandle, tokenizer) -> bool:
     if mode == "auto":
         return bool(cfg.model.get("instruct")) and bool(getattr(tokenizer, "chat_template", None))
     return True
+
+
+def output_length(config: dict, task: TaskHandle) -> OutputLength | None:
+    """Generated tokens per query to price generation with: the base model's measured mean on this task
+    (a finished cell of the unadapted model with the same model, task and engine settings, other than this
+    cell's own variant), else None (the pricer then takes the task's max_gen_toks, the worst case)."""
+    if not task.generative:
+        return None
+    folder = Path(config["runs_dir"]) / config["model"]["name"] / config["task"]["name"]
+    mine = store.variant_key(config)
+    for path in sorted(folder.glob("*/" + store.RECORD), key=lambda p: p.stat().st_mtime, reverse=True):
+        if path.parent.name.endswith(".partial"):
+            continue
+        record = store.read_record(path.parent)
+        if not record or record.get("adaptation", {}).get("kind") != "none":
+            continue
+        other = record.get("config", {})
+        if store.variant_key(other) == mine:  # a cell never prices itself from its own (or its seeds') output
+            continue
+        same = all(other.get(k) == config[k] for k in ("model", "task")) and \
+            other.get("engine", {}).get("chat_template") == config["engine"].get("chat_template")
+        tokens = record.get("per_query", {}).get("generated_tokens")
+        if same and tokens:
+            return OutputLength(float(tokens), f"measured: {path.parent.name}")
+    return None
+
+
+def settle_budget(adaptation: Adaptation, budget: Budget, pricing: QueryPricer, eval_docs: list[dict],
+                  indices: list[int], per_query: dict, max_docs: int = 256) -> None:
+    """After evaluation: price what the adaptation added to the evaluated queries (`indices` into `eval_docs`),
+    with their measured output length, and say whether the spend, so re-priced, exceeds the budget."""
+    use = adaptation.budget
+    if use is None:
+        return
+    if len(indices) > max_docs:  # a seeded sample of the evaluated items prices them as well
+        indices = sorted(random.Random(0).sample(list(indices), max_docs))
+    docs = [eval_docs[i] for i in indices]
+    generated = per_query.get("generated_tokens")
+    actual = pricing.extra(adaptation.prefix, adaptation.lora_params, generated, docs)
+    parts = dict(use.parts) or {"own": use.spent, "queries": 0.0, "one_off": 0.0}
+    # FLOPs are re-priced; other kinds keep what the strategy booked for the queries (ICL's timed prefixes)
+    queries = budget.horizon * actual if budget.kind == "flops" else parts.get("queries", 0.0)
+    spent = parts.get("own", 0.0) + parts.get("one_off", 0.0) + queries
+    use.after_eval = {"per_query_extra_predicted": adaptation.per_query_extra_flops,
+                      "per_query_extra_on_eval_items": actual, "eval_items_priced": len(docs),
+                      "queries": queries, "spent": spent, "gen_tokens_measured": generated, **pricing.describe()}
+    use.overspent = max(0.0, spent - budget.amount)
 
 
 def _load_adaptation(work: Path, key: str) -> Adaptation | None:
@@ -167,13 +225,18 @@ def _relocate(obj, old: str, new: str):
 def _record(config, key, model_info, task: TaskHandle, indices, adaptation: Adaptation, result, limit) -> dict:
     costs = [c.to_dict() for c in adaptation.costs] + [result.cost.to_dict()]
     # Phases this target paid alone, and one-off phases (a generator's library and training) that
-    # `shared_by` targets share: recorded whole and amortized, never folded into the marginal cost.
+    # `shared_by` targets share: recorded whole, amortized over the declared targets, and as the budget's
+    # `one_off` policy charges them; the report recounts the targets that actually used them.
     own = [c for c in adaptation.costs if not c.shared_by]
     shared = [c for c in adaptation.costs if c.shared_by]
     fields = ("wall_s", "flops_measured", "flops_analytic")
+    policy = config["budget"]["one_off"]
     adapt_cost = {f: sum(getattr(c, f) for c in own) for f in fields}
     adapt_cost["one_off"] = {f: sum(getattr(c, f) for c in shared) for f in fields}
     adapt_cost["one_off_amortized"] = {f: sum(getattr(c, f) / c.shared_by for c in shared) for f in fields}
+    adapt_cost["one_off_policy"] = policy
+    adapt_cost["one_off_charged"] = {"amortized": adapt_cost["one_off_amortized"], "whole": adapt_cost["one_off"],
+                                     "excluded": dict.fromkeys(fields, 0.0)}[policy]
     horizon = int(config["budget"]["horizon"])
     metrics = dict(result.metrics)
     metrics["n"] = result.n
@@ -195,12 +258,9 @@ def _record(config, key, model_info, task: TaskHandle, indices, adaptation: Adap
         "costs": costs,
         "adaptation_cost": adapt_cost,
         "per_query": result.per_query,
-        "at_horizon": {
-            "horizon": horizon,
-            "flops_measured": adapt_cost["flops_measured"] + horizon * result.per_query["flops_measured"],
-            "flops_analytic": adapt_cost["flops_analytic"] + horizon * result.per_query["flops_analytic"],
-            "flops_measured_incl_one_off_amortized": adapt_cost["flops_measured"]
-            + adapt_cost["one_off_amortized"]["flops_measured"] + horizon * result.per_query["flops_measured"],
-        },
+        # adaptation + its one-off share (by the budget's policy, declared targets) + horizon × per query
+        "at_horizon": {"horizon": horizon, "one_off": policy,
+                       **{f: adapt_cost[f] + adapt_cost["one_off_charged"][f] + horizon * result.per_query[f]
+                          for f in ("flops_measured", "flops_analytic")}},
         "samples_file": store.SAMPLES,
     }

@@ -14,6 +14,7 @@ import torch
 from harness.budget import Budget, BudgetUse
 from harness.costs import PhaseCost
 from harness.errors import HarnessError
+from harness.pricing import QueryPricer
 from harness.tasks import TaskHandle
 
 
@@ -31,6 +32,13 @@ class AdaptContext:
     model_name: str = ""
     model_cfg: dict = field(default_factory=dict)  # resolved model config (keys of cached shared artifacts)
     shared_dir: Path | None = None  # artifacts shared by cells of one model (e.g. DnD's library, generators)
+    pricing: QueryPricer | None = None  # what a query costs, with and without an adaptation (budgets × horizon)
+
+    def __post_init__(self) -> None:
+        if self.pricing is None:  # the runner passes one that knows the base model's output length
+            from harness.flops import ModelShape
+
+            self.pricing = QueryPricer(self.task, self.tokenizer, ModelShape.of(self.model))
 
 
 @dataclass
@@ -42,8 +50,13 @@ class Adaptation:
     costs: list[PhaseCost] = field(default_factory=list)
     budget: BudgetUse | None = None
     details: dict = field(default_factory=dict)
-    # Extra cost on every query, relative to the base model (ICL's demonstrations), analytic.
+    # Extra cost on every query, relative to the base model (ICL's demonstrations, an unmerged adapter),
+    # analytic, as priced before evaluation (ctx.pricing); the record compares it with evaluation's.
     per_query_extra_flops: float = 0.0
+    lora_params: int = 0  # weights of the unmerged adapter served with every query (priced per token)
+    # What this adaptation is when the seed changes more than chance (dnd_member: seed k is library LoRA k):
+    # cells whose `variant` differs are separate rows of the report, never seeds of one row.
+    variant: str = ""
 
     def to_dict(self) -> dict:
         data = asdict(self)

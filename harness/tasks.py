@@ -162,32 +162,3 @@ class TaskHandle:
         if limit < 1:
             raise HarnessError(f"eval.limit must be >= 1 (got {limit})")
         return sorted(random.Random(seed).sample(range(n), int(limit)))
-
-    def query_profile(self, tokenizer, n_docs: int = 64) -> tuple[float, float]:
-        """(forward passes per query, tokens per forward pass), averaged over pool documents.
-
-        Mirrors how lm-eval's HF model scores a multiple-choice query: one request per choice, except
-        that requests sharing a context whose continuations are all single tokens share one pass.
-        """
-        t = self.task
-        forwards = tokens = 0
-        docs = self.sample_pool(min(n_docs, len(self.pool_docs)), 0)
-        if self.generative:
-            # One prefill per query; the decoding steps that follow are not counted here (their cost
-            # depends on the output length, which only evaluation knows).
-            lengths = [len(tokenizer(str(t.doc_to_text(d)), add_special_tokens=False)["input_ids"]) for d in docs]
-            return 1.0, sum(lengths) / max(1, len(lengths))
-        for doc in docs:
-            choices = t.doc_to_choice(doc)
-            if t.multiple_input:
-                pairs = [(c, t.config.target_delimiter + str(t.doc_to_target(doc))) for c in choices]
-            else:
-                pairs = [(str(t.doc_to_text(doc)), t.config.target_delimiter + c) for c in choices]
-            lengths = [(len(tokenizer(ctx, add_special_tokens=False)["input_ids"]),
-                        len(tokenizer(cont, add_special_tokens=False)["input_ids"])) for ctx, cont in pairs]
-            if not t.multiple_input and all(cont == 1 for _, cont in lengths):
-                forwards, tokens = forwards + 1, tokens + lengths[0][0] + 1
-            else:
-                forwards, tokens = forwards + len(pairs), tokens + sum(a + b for a, b in lengths)
-        n = max(1, len(docs))
-        return forwards / n, tokens / max(1, forwards)

@@ -11,7 +11,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -52,7 +52,7 @@ class LoraSettings:
 class TrainResult:
     adapter_dir: str
     steps: int
-    examples_seen: int
+    sequences_processed: int
     tokens: int  # real (non-padding) tokens trained on
     trajectory: list[str] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
@@ -70,11 +70,16 @@ class _CausalEncoder:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def encode_example(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], int]:
-    """Token ids of prompt+completion and where the completion starts, split by lm-eval's own rule."""
+def encode_pair(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """Token ids of a (context, continuation) pair, split by lm-eval's own rule, without BOS as its HF model."""
     from lm_eval.api.model import TemplateLM
 
-    ctx, cont = TemplateLM._encode_pair(_CausalEncoder(tokenizer), prompt, completion)
+    return TemplateLM._encode_pair(_CausalEncoder(tokenizer), prompt, completion)
+
+
+def encode_example(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt+completion and where the completion starts, split by lm-eval's own rule."""
+    ctx, cont = encode_pair(tokenizer, prompt, completion)
     whole, start = ctx + cont, len(ctx)
     if len(whole) > max_length:  # keep the completion, drop the oldest context tokens
         cut = len(whole) - max_length
@@ -115,11 +120,39 @@ def _on_trajectory(step: int, settings: LoraSettings) -> bool:
     return bool(every) and step >= start and (step - start) % every == 0
 
 
+def _progress(budget: TrainingBudget, settings: LoraSettings, elapsed: float, steps: int) -> float:
+    """How far training is: the budget's fraction spent, or the strategy's step cap's, whichever is further."""
+    frac = budget.progress(elapsed, steps)
+    return max(frac, steps / settings.max_steps) if settings.max_steps else frac
+
+
 def _lr_factor(progress: float, warmup: float) -> float:
     if warmup > 0 and progress < warmup:
         return max(progress / warmup, 0.01)
     span = (progress - warmup) / max(1e-9, 1 - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, span)))
+
+
+def lora_param_count(model, settings: LoraSettings) -> int:
+    """Parameters of A and B over every targeted Linear: r·(in + out) each."""
+    return sum(settings.rank * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in settings.target_modules)
+
+
+def predict_train_flops(model, tokenizer, examples: list[tuple[str, str]], settings: LoraSettings, steps: int,
+                        seed: int = 0) -> float:
+    """Analytic FLOPs of `steps` steps of `train_lora` on `examples` (the very batches it would draw), without
+    running the model: what a budget check needs before deciding to train."""
+    encoded = [encode_example(tokenizer, p, c, settings.max_length) for p, c in examples]
+    if not encoded:
+        return 0.0
+    shape = replace(ModelShape.of(model), lora_params=lora_param_count(model, settings))
+    batches = _Batches(encoded, settings.batch_size, seed)
+    total = 0.0
+    for _ in range(steps):
+        batch = batches.next()
+        total += shape.lora_train_step(len(batch), max(len(ids) for ids, _ in batch))
+    return total
 
 
 def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: TrainingBudget, settings: LoraSettings,
@@ -130,6 +163,9 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
 
     if not examples:
         raise HarnessError("no training examples: the task's adaptation pool is empty")
+    if budget.budget.kind == "examples" and settings.max_steps is None:  # labels are not a stopping rule
+        raise HarnessError(f"budget {budget.budget.name} counts labeled examples, not steps: set strategy.epochs "
+                           f"or strategy.max_steps")
     device = next(model.parameters()).device
     encoded = [encode_example(tokenizer, p, c, settings.max_length) for p, c in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -147,13 +183,13 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
 
     try:
         out_dir = Path(out_dir)
-        result = TrainResult(adapter_dir=str(out_dir / "adapter"), steps=0, examples_seen=0, tokens=0)
+        result = TrainResult(adapter_dir=str(out_dir / "adapter"), steps=0, sequences_processed=0, tokens=0)
         batch = batches.next()
         first = _collate(batch, pad_id)
-        budget.check_first_step(shape.lora_train_step(*first["input_ids"].shape), len(batch))
+        budget.check_first_step(shape.lora_train_step(*first["input_ids"].shape))
 
         bar = tqdm(total=100, desc="train", unit="%", disable=not progress, leave=False, mininterval=1.0,
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total} % of budget [{elapsed}<{remaining}{postfix}]")
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total} % [{elapsed}<{remaining}{postfix}]")
         start = time.perf_counter()
         reason, bound = "", False
         while True:
@@ -164,12 +200,10 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
             if settings.max_steps is not None and result.steps >= settings.max_steps:
                 reason, bound = f"reached strategy.max_steps={settings.max_steps}", False
                 break
-            if not budget.fits(step_analytic, len(batch), elapsed, result.steps):
+            if not budget.fits(step_analytic, elapsed, result.steps):
                 reason, bound = "budget spent", True
                 break
-            frac = budget.progress(elapsed, result.steps)
-            if settings.max_steps:
-                frac = max(frac, result.steps / settings.max_steps)
+            frac = _progress(budget, settings, elapsed, result.steps)
             for group in optimizer.param_groups:
                 group["lr"] = settings.lr * _lr_factor(frac, settings.warmup_frac)
             tensors = {k: v.to(device) for k, v in tensors.items()}
@@ -185,7 +219,7 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
             n_tokens = int(tensors["attention_mask"].sum())
             meter.add(flops_analytic=step_analytic, tokens=tensors["input_ids"].numel())
             result.steps += 1
-            result.examples_seen += len(batch)
+            result.sequences_processed += len(batch)
             result.tokens += n_tokens
             result.losses.append(float(loss.detach()))
             synchronize(device)
@@ -194,12 +228,12 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
                 raise BudgetTooSmall(
                     f"budget {budget.budget.name} ({budget.budget.amount:g} s) is shorter than one training step "
                     f"({elapsed:.2f} s): raise budget.amount or lower strategy.batch_size")
-            budget.charge(step_measured, step_analytic, len(batch), elapsed, result.steps)
+            budget.charge(step_measured, step_analytic, elapsed, result.steps)
             if _on_trajectory(result.steps, settings):
                 path = out_dir / "trajectory" / f"step_{result.steps:06d}"
                 peft_model.save_pretrained(path)
                 result.trajectory.append(str(path))
-            bar.n = round(100 * budget.progress(elapsed, result.steps), 1)
+            bar.n = round(100 * _progress(budget, settings, elapsed, result.steps), 1)
             bar.set_postfix(step=result.steps, loss=f"{result.losses[-1]:.3f}", refresh=False)
             bar.update(0)  # redraws at most every `mininterval` seconds
             batch = batches.next()

@@ -1,5 +1,6 @@
 """DnD end to end on tiny-random: library → generator → adapter → evaluation, its controls, its errors."""
 import json
+import shutil
 import statistics
 
 import pytest
@@ -81,9 +82,68 @@ def test_costs_one_off_phases_are_shared_and_generation_is_metered(first):
     gen = costs["generate"]
     assert gen["flops_measured"] > 0 and 0.75 < gen["flops_measured"] / gen["flops_analytic"] < 1.25
     assert costs["meta_train"]["shared_by"] == 1  # an explicit library, no declared targets: charged whole
+    assert costs["meta_train"]["artifact"].startswith("dnd-generator/")
+    assert sorted(c["artifact"].split("/")[1] for c in record["costs"] if c["phase"] == "collect") == \
+        ["arc_challenge", "openbookqa"]
     one_off = record["adaptation_cost"]["one_off"]["flops_measured"]
     assert one_off == sum(c["flops_measured"] for c in record["costs"] if c["shared_by"])
     assert record["adaptation_cost"]["flops_measured"] == gen["flops_measured"]
+    # The budget pays the generation, serving the adapter over the horizon, and the one-off share (whole here).
+    use = record["adaptation"]["budget"]
+    assert use["one_off"] == "amortized" and use["parts"]["one_off"] == pytest.approx(one_off)
+    assert use["parts"]["own"] == gen["flops_measured"]
+    assert use["parts"]["queries"] == pytest.approx(50 * record["adaptation"]["per_query_extra_flops"])
+    assert use["spent"] == pytest.approx(sum(use["parts"].values())) and not use["bound"]
+    assert record["at_horizon"]["flops_measured"] == pytest.approx(
+        gen["flops_measured"] + one_off + 50 * record["per_query"]["flops_measured"])
+
+
+@needs_data
+def test_one_off_costs_are_predicted_before_they_are_spent(runs, first, tiny):
+    from baselines.dnd.config import MetaTrainSettings
+    from baselines.dnd.encoder import load_encoder
+    from baselines.dnd.generator import predict_meta_train_flops
+    from baselines.dnd.library import CollectSettings, predict_collect_flops, task_handle
+    from baselines.dnd.config import get_preset
+
+    _, record = first
+    measured = {c["artifact"].split("/")[1]: c["flops_measured"] for c in record["costs"] if c["phase"] == "collect"}
+    settings = CollectSettings(steps=4, checkpoints=3, batch_size=4, rank=8, alpha=16.0, max_length=256)
+    for name in ("arc_challenge", "openbookqa"):
+        predicted = predict_collect_flops(task_handle(name), tiny.model, tiny.tokenizer, settings)
+        assert predicted == pytest.approx(measured[name], rel=0.02)  # against FlopCounterMode on the real steps
+    meta = next(c for c in record["costs"] if c["phase"] == "meta_train")
+    predicted = predict_meta_train_flops(get_preset("tiny-random"), load_encoder("all-MiniLM-L6-v2"), [16, 16],
+                                         MetaTrainSettings(steps=40, batch_size=4))
+    assert predicted == pytest.approx(meta["flops_measured"], rel=0.02)
+
+
+@needs_data
+def test_a_one_off_share_that_does_not_fit_stops_before_any_compute(tmp_path, runs, first):
+    from harness.runner import run_cell
+
+    _, record = first
+    one_off = record["adaptation_cost"]["one_off"]["flops_measured"]
+    amount = 0.6 * one_off  # the whole one-off (one declared target) does not fit; half of it does
+    cfg = compose(*SMALL, "strategy=dnd", f"runs_dir={tmp_path}", f"budget.amount={amount}")
+    with pytest.raises(HarnessError, match="cannot pay for DnD's one-off phases .* share alone is") as err:
+        run_cell(cfg)
+    assert "budget.one_off=excluded" in str(err.value) and "strategy.targets" in str(err.value)
+    assert not (tmp_path / "tiny-random" / "_shared").exists() and not list(tmp_path.rglob("record.json"))
+    # The library and generator the module trained already (the same content keys): nothing is retrained below.
+    shutil.copytree(runs / "tiny-random" / "_shared", tmp_path / "tiny-random" / "_shared")
+    # Shared by two declared targets, the amortized half fits; charged whole, it does not.
+    two = ["strategy.targets=[arc_easy,boolq]"]
+    with pytest.raises(HarnessError, match="charged whole"):
+        run_cell(compose(*SMALL, "strategy=dnd", f"runs_dir={tmp_path}", f"budget.amount={amount}", *two,
+                         "budget.one_off=whole"))
+    folder = run_cell(compose(*SMALL, "strategy=dnd", f"runs_dir={tmp_path}", f"budget.amount={amount}", *two))
+    use = json.loads((folder / "record.json").read_text())["adaptation"]["budget"]
+    assert use["parts"]["one_off"] == pytest.approx(one_off / 2, rel=0.02) and use["spent"] <= amount
+    excluded = run_cell(compose(*SMALL, "strategy=dnd", f"runs_dir={tmp_path}", f"budget.amount={amount}",
+                                "budget.one_off=excluded"))
+    use = json.loads((excluded / "record.json").read_text())["adaptation"]["budget"]
+    assert use["one_off"] == "excluded" and use["parts"]["one_off"] == 0
 
 
 @needs_data
@@ -116,6 +176,7 @@ def test_controls_member_mean_nearest(runs, first):
 
     _, member = _run(runs, "seed=1", strategy="dnd_member")
     assert member["adaptation"]["details"]["member_task"] == "openbookqa"  # seed 1 → library task 1 (sorted)
+    assert member["adaptation"]["variant"] == "member=openbookqa"  # its own row in the report, never a seed
     _, mean = _run(runs, strategy="dnd_mean")
     lib = sorted((runs / "tiny-random" / "_shared" / "library").glob("*/entry.json"))
     states = []

@@ -21,7 +21,7 @@ def _ctx(tiny, task, budget, strategy, tmp_path, **overrides):
     from harness.strategy import AdaptContext
 
     cfg = compose(f"strategy={strategy}", *[f"strategy.{k}={v}" for k, v in overrides.items()]).strategy
-    return AdaptContext(model=tiny.model, tokenizer=tiny.tokenizer, task=task, budget=Budget("b", *budget),
+    return AdaptContext(model=tiny.model, tokenizer=tiny.tokenizer, task=task, budget=Budget("b", *budget, "amortized"),
                         settings=cfg, seed=3, workdir=tmp_path, device=torch.device("cpu"), progress=False)
 
 
@@ -50,8 +50,25 @@ def test_few_shot_lora_sees_exactly_k_labels(tiny, arc, tmp_path):
 
     out = get_strategy("lora").adapt(_ctx(tiny, arc, ("steps", 6, 100), "lora_fewshot", tmp_path, shots=5,
                                           batch_size=2))
-    assert out.labels_used == 5 and out.details["examples_seen"] == 12 and out.details["pool_examples"] == 5
+    assert out.labels_used == 5 and out.details["sequences_processed"] == 12 and out.details["pool_examples"] == 5
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_an_examples_budget_counts_distinct_labels_for_every_strategy(tiny, arc, tmp_path):
+    from harness.strategy import get_strategy
+
+    out = get_strategy("lora").adapt(_ctx(tiny, arc, ("examples", 5, 100), "lora_fewshot", tmp_path, shots=16,
+                                          batch_size=2))
+    # 5 of the 16 drawn labels, one pass (3 steps of 2: 6 sequences, one label seen twice)
+    assert out.labels_used == 5 and out.details["pool_examples"] == 5
+    assert out.details["steps"] == 3 and out.details["sequences_processed"] == 6
+    assert out.budget.spent == 5 and out.budget.bound
+    assert "allows 5 labeled examples of the 16" in out.budget.stop_reason
+    twice = get_strategy("lora").adapt(_ctx(tiny, arc, ("examples", 5, 100), "lora_fewshot", tmp_path / "e",
+                                            shots=16, batch_size=2, epochs=2))
+    assert twice.labels_used == 5 and twice.details["sequences_processed"] == 10 and twice.budget.spent == 5
+    base = get_strategy("base").adapt(_ctx(tiny, arc, ("examples", 5, 100), "base", tmp_path))
+    assert base.labels_used == 0 and base.budget.spent == 0
 
 
 def test_a_record_holds_what_is_needed_to_rerun_its_cell(tmp_path, monkeypatch, capsys):

@@ -6,7 +6,7 @@ import torch
 
 from harness.budget import Budget, TrainingBudget
 from harness.costs import PhaseMeter
-from harness.errors import BudgetTooSmall
+from harness.errors import BudgetTooSmall, HarnessError
 from harness.flops import ModelShape
 from harness.trainer import LoraSettings, encode_example, train_lora
 
@@ -14,7 +14,7 @@ EXAMPLES = [(f"Question: what is {i} plus {i}?\nAnswer:", f" {2 * i}") for i in 
 
 
 def _train(model, tmp_path, kind, amount, **settings):
-    budget = TrainingBudget(Budget("test", kind, amount, 10))
+    budget = TrainingBudget(Budget("test", kind, amount, 10, "amortized"))
     with PhaseMeter("train", "cpu") as meter:
         result = train_lora(model.model, model.tokenizer, EXAMPLES, budget,
                             LoraSettings(batch_size=4, **settings), tmp_path, meter, seed=0, progress=False)
@@ -47,15 +47,19 @@ def test_flops_budget_is_spent_but_never_exceeded(fresh_tiny, tmp_path):
 def test_steps_and_examples_budgets(fresh_tiny, tmp_path):
     result, use, _ = _train(fresh_tiny, tmp_path / "a", "steps", 3)
     assert result.steps == 3 and use.spent == 3 and use.bound
-    result, use, _ = _train(fresh_tiny, tmp_path / "b", "examples", 10)
-    assert result.examples_seen == 8 and use.spent == 8  # a third batch of 4 would pass 10
+    # An examples budget counts labels, which the strategy picks before training: it stops no step itself.
+    result, use, _ = _train(fresh_tiny, tmp_path / "b", "examples", 10, max_steps=5)
+    assert result.steps == 5 and result.sequences_processed == 20 and not use.bound
+    with pytest.raises(HarnessError, match="counts labeled examples"):
+        _train(fresh_tiny, tmp_path / "c", "examples", 10)
 
 
-def test_seconds_budget_stops_after_the_deadline(fresh_tiny, tmp_path):
+def test_seconds_budget_stops_before_the_deadline(fresh_tiny, tmp_path):
     result, use, cost = _train(fresh_tiny, tmp_path, "seconds", 1.0)
-    assert use.bound and use.spent >= 1.0
-    assert result.steps >= 2
-    assert cost.wall_s >= 1.0
+    assert use.bound and result.steps >= 2
+    # the next step, predicted from the average so far, would not have ended in time
+    assert use.spent + use.spent / result.steps > 1.0
+    assert use.spent <= 1.0 or "overspent" in use.stop_reason
 
 
 def test_strategy_max_steps_stops_before_the_budget(fresh_tiny, tmp_path):
@@ -67,8 +71,12 @@ def test_budget_smaller_than_one_step_fails_before_training(fresh_tiny, tmp_path
     with pytest.raises(BudgetTooSmall, match="smaller than one training step"):
         _train(fresh_tiny, tmp_path, "flops", 1e6)
     assert not (tmp_path / "adapter").exists()
-    with pytest.raises(BudgetTooSmall):
-        _train(fresh_tiny, tmp_path, "examples", 2)
+    with pytest.raises(BudgetTooSmall, match="after reserving"):  # what serving needs is not for training
+        budget = TrainingBudget(Budget("test", "flops", 2 * _step_flops(fresh_tiny), 10, "amortized"),
+                                reserved=1.5 * _step_flops(fresh_tiny))
+        with PhaseMeter("train", "cpu") as meter:
+            train_lora(fresh_tiny.model, fresh_tiny.tokenizer, EXAMPLES, budget, LoraSettings(batch_size=4),
+                       tmp_path, meter, progress=False)
 
 
 def test_adapter_reloads_with_peft_and_trajectory_is_saved(fresh_tiny, tmp_path):

@@ -62,10 +62,40 @@ class TrainedGenerator:
 
 
 def generator_key(preset: GeneratorPreset, encoder: str, settings: MetaTrainSettings, bank: int,
-                  entries: list[LibraryEntry]) -> str:
+                  library_keys: list[str]) -> str:
     identity = {"preset": asdict(preset), "encoder": encoder, "meta_train": asdict(settings), "bank": bank,
-                "library": sorted(e.key for e in entries)}
+                "library": sorted(library_keys)}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _generator_folder(root: Path, tasks: list[str], key: str) -> Path:
+    return Path(root) / "generators" / f"{'+'.join(sorted(tasks))}__{key[:10]}"
+
+
+def cached_cost(root: Path, tasks: list[str], key: str) -> PhaseCost | None:
+    """The recorded meta_train cost of a generator already trained, else None (nothing is loaded)."""
+    folder = _generator_folder(root, tasks, key)
+    try:
+        info = json.loads((folder / GENERATOR).read_text())
+    except (OSError, ValueError):
+        return None
+    return PhaseCost.from_dict(info["cost"]) if info.get("key") == key and (folder / WEIGHTS).is_file() else None
+
+
+def predict_meta_train_flops(preset: GeneratorPreset, encoder: ConditionEncoder, banks: list[int],
+                             settings: MetaTrainSettings) -> float:
+    """Analytic FLOPs of `meta_train` before running it: encoding each task's condition bank (`banks`: their
+    sizes), then forward + backward of the decoder per sample and step."""
+    with torch.device("meta"):
+        flops = Generator(preset).flops()
+    encode = sum(encoder.flops(n, preset.prompt_tokens) for n in banks)
+    return encode + 3 * flops * settings.batch_size * settings.steps
+
+
+def predict_generate_flops(preset: GeneratorPreset, encoder: ConditionEncoder) -> float:
+    with torch.device("meta"):
+        flops = Generator(preset).flops()
+    return encoder.flops(preset.n_prompts, preset.prompt_tokens) + flops
 
 
 def _schedule(step: int, settings: MetaTrainSettings) -> float:
@@ -96,8 +126,8 @@ def meta_train(preset: GeneratorPreset, encoder: ConditionEncoder, entries: list
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    key = generator_key(preset, encoder.name, settings, bank, entries)
-    folder = Path(root) / "generators" / f"{'+'.join(sorted(e.task for e in entries))}__{key[:10]}"
+    key = generator_key(preset, encoder.name, settings, bank, [e.key for e in entries])
+    folder = _generator_folder(root, [e.task for e in entries], key)
     cached = _load(folder, key, preset)
     if cached is not None:
         return cached, True

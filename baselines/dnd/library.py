@@ -23,7 +23,7 @@ from harness.costs import PhaseCost, PhaseMeter
 from harness.errors import HarnessError
 from harness.settings import CONFIG_DIR
 from harness.tasks import TaskHandle
-from harness.trainer import LoraSettings, train_lora
+from harness.trainer import LoraSettings, predict_train_flops, train_lora
 
 ENTRY = "entry.json"
 
@@ -99,11 +99,27 @@ def _read(folder: Path, key: str) -> LibraryEntry | None:
                         folder / data["adapter"], PhaseCost.from_dict(data["cost"]))
 
 
+def _folder(root: Path, task: TaskHandle, key: str) -> Path:
+    return Path(root) / "library" / f"{task.name}__{key[:10]}"
+
+
+def cached_entry(task: TaskHandle, model_cfg: dict, settings: CollectSettings, root: Path) -> LibraryEntry | None:
+    """The library entry of `task` if it was built already, else None (nothing is trained)."""
+    key = entry_key(model_cfg, task, settings)
+    return _read(_folder(root, task, key), key)
+
+
+def predict_collect_flops(task: TaskHandle, model, tokenizer, settings: CollectSettings) -> float:
+    """Analytic FLOPs of training `task`'s library LoRA, before training it (the same batches)."""
+    examples = [task.training_example(d) for d in task.sample_pool(None, settings.seed)]
+    return predict_train_flops(model, tokenizer, examples, settings.lora(), settings.steps, settings.seed)
+
+
 def collect_entry(task: TaskHandle, model, tokenizer, model_cfg: dict, settings: CollectSettings,
                   root: Path, device, progress: bool = True, say=print) -> tuple[LibraryEntry, bool]:
     """The library entry of `task` (trained now unless cached); returns (entry, reused)."""
     key = entry_key(model_cfg, task, settings)
-    folder = Path(root) / "library" / f"{task.name}__{key[:10]}"
+    folder = _folder(root, task, key)
     entry = _read(folder, key)
     if entry is not None:
         return entry, True
@@ -113,11 +129,12 @@ def collect_entry(task: TaskHandle, model, tokenizer, model_cfg: dict, settings:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     examples = [task.training_example(d) for d in task.sample_pool(None, settings.seed)]
-    budget = TrainingBudget(Budget(f"collect_{settings.steps}_steps", "steps", settings.steps, 0))
+    budget = TrainingBudget(Budget(f"collect_{settings.steps}_steps", "steps", settings.steps, 0, "excluded"))
     with PhaseMeter("collect", device) as meter:
         result = train_lora(model, tokenizer, examples, budget, settings.lora(), work, meter, seed=settings.seed,
                             progress=progress)
-    meter.cost.details.update({"task": task.name, "steps": result.steps, "examples_seen": result.examples_seen,
+    meter.cost.details.update({"task": task.name, "steps": result.steps,
+                               "sequences_processed": result.sequences_processed,
                                "first_loss": result.losses[0], "final_loss": result.losses[-1],
                                "checkpoints": len(result.trajectory), "entry_key": key})
     rel = [str(Path(p).relative_to(work)) for p in result.trajectory]

@@ -15,17 +15,18 @@ from omegaconf import OmegaConf
 
 from baselines.dnd.config import MetaTrainSettings, get_preset
 from baselines.dnd.encoder import load_encoder
-from baselines.dnd.generator import generate_tokens, meta_train, prompt_bank, write_adapter
-from baselines.dnd.library import CollectSettings, LibraryEntry, collect_entry, task_handle
+from baselines.dnd.generator import (cached_cost, generate_tokens, generator_key, meta_train, predict_generate_flops,
+                                     predict_meta_train_flops, prompt_bank, write_adapter)
+from baselines.dnd.library import (CollectSettings, LibraryEntry, cached_entry, collect_entry, entry_key,
+                                   predict_collect_flops, task_handle)
 from baselines.dnd.tokenizer import LoraTokenizer, default_width, shapes_of_model
-from baselines.lora import lora_param_count
-from harness.budget import BudgetUse
+from harness.budget import BudgetUse, check_one_off_fits, one_off_share
 from harness.config_checks import as_float, as_int
 from harness.costs import PhaseMeter
 from harness.errors import HarnessError
 from harness.settings import CONFIG_DIR
 from harness.strategy import AdaptContext, Adaptation, register_strategy
-from harness.trainer import LoraSettings
+from harness.trainer import LoraSettings, lora_param_count
 
 
 def _say(message: str) -> None:
@@ -112,32 +113,60 @@ class _LibraryStrategy:
         names = library_tasks(s, ctx.task.name)
         return preset, collect, tok, names
 
-    def _library(self, ctx: AdaptContext, collect: CollectSettings, names: list[str]):
-        tasks, entries, costs = {}, [], []
+    def _library(self, ctx: AdaptContext, collect: CollectSettings, names: list[str], tasks: dict):
+        entries, costs = [], []
         for name in names:
-            tasks[name] = task_handle(name)
             entry, reused = collect_entry(tasks[name], ctx.model, ctx.tokenizer, ctx.model_cfg, collect,
                                           ctx.shared_dir, ctx.device, ctx.progress, say=_say)
             cost = entry.cost
             cost.shared_by = shared_by(ctx.settings, ctx.task.name, names, name)
+            cost.artifact = f"dnd-library/{name}/{entry.key[:16]}"
             cost.details = {**cost.details, "reused": reused}
             entries.append(entry)
             costs.append(cost)
-        return tasks, entries, costs
+        return entries, costs
 
-    def _serving(self, ctx: AdaptContext, rank: int) -> float:
-        forwards, tokens = ctx.task.query_profile(ctx.tokenizer)
-        return 2 * lora_param_count(ctx.model, LoraSettings(rank=rank)) * forwards * tokens
+    def _planned_library(self, ctx: AdaptContext, collect: CollectSettings, names: list[str], tasks: dict) -> list:
+        """Each library LoRA's one-off cost before any compute: as recorded when it is cached, else predicted
+        (analytic FLOPs of the very batches its training will draw; its seconds are not known yet)."""
+        plan = []
+        for name in names:
+            cached = cached_entry(tasks[name], ctx.model_cfg, collect, ctx.shared_dir)
+            flops = cached.cost.flops_measured if cached else predict_collect_flops(tasks[name], ctx.model,
+                                                                                     ctx.tokenizer, collect)
+            plan.append({"flops_measured": flops, "wall_s": cached.cost.wall_s if cached else 0.0,
+                         "shared_by": shared_by(ctx.settings, ctx.task.name, names, name)})
+        return plan
 
-    def _budget(self, ctx: AdaptContext, cost, per_query: float, what: str) -> BudgetUse:
-        """This target's budget use: its own (generate) phase plus serving the adapter over the horizon."""
+    def _check_plan(self, ctx: AdaptContext, plan: list[dict], own: float, serving: float, what: str) -> None:
+        """Before any compute: the one-off share by the budget's policy, plus this target's own cost (generation
+        and serving the adapter over the horizon), must fit the budget."""
         b = ctx.budget
-        spent = {"flops": cost.flops_measured + b.horizon * per_query, "seconds": cost.wall_s}.get(b.kind, 0.0)
-        if spent > b.amount:
-            raise HarnessError(f"budget {b.name}: {what} alone costs {spent:.3g} {b.kind}: raise budget.amount")
-        return BudgetUse(b.name, b.kind, b.amount, b.horizon, spent, False,
-                         f"{what}; the one-off collect and meta_train costs are recorded apart (marginal and "
-                         f"amortized), not charged to this target's budget")
+        share = one_off_share(plan, b.kind, b.one_off)
+        rest = (own + b.horizon * serving) if b.kind == "flops" else 0.0
+        check_one_off_fits(b, share, rest, what,
+                           "declare more targets sharing them (strategy.targets) or set budget.one_off=excluded")
+
+    def _charge(self, ctx: AdaptContext, cost, one_off: list, per_query: float, what: str) -> BudgetUse:
+        """This target's budget use: its own phase, serving the adapter over the horizon, and its one-off share."""
+        b = ctx.budget
+        own = {"flops": cost.flops_measured, "seconds": cost.wall_s}.get(b.kind, 0.0)
+        queries = b.horizon * per_query if b.kind == "flops" else 0.0
+        share = one_off_share(one_off, b.kind, b.one_off)
+        declared = sorted({c.shared_by for c in one_off})
+        reason = f"{what}; one-off phases charged {b.one_off}" + (
+            f" (shared by {'/'.join(map(str, declared))} declared targets; the report recounts the targets that "
+            f"used them)" if b.one_off == "amortized" and one_off else "")
+        use = BudgetUse.of(b, own=own, queries=queries, one_off=share, reason=reason)
+        if use.spent > b.amount:  # measured costs exceeded the prediction that let the cell start
+            use.bound = True
+            use.stop_reason += f"; overspent by {use.spent - b.amount:.3g} {b.kind}"
+        return use
+
+    def _serving(self, ctx: AdaptContext, rank: int) -> tuple[float, int]:
+        """(extra FLOPs per query, adapter weights) of serving a rank-`rank` LoRA unmerged."""
+        n_lora = lora_param_count(ctx.model, LoraSettings(rank=rank))
+        return ctx.pricing.extra(lora_params=n_lora), n_lora
 
 
 def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -180,11 +209,27 @@ class DragAndDrop(_LibraryStrategy):
         s = ctx.settings
         preset, collect, tok, names = self._setup(ctx)
         encoder = load_encoder(str(s.encoder), "cpu" if ctx.device.type != "cuda" else str(ctx.device))
-        tasks, entries, costs = self._library(ctx, collect, names)
-        trained, reused = meta_train(preset, encoder, entries, tasks, tok, self._meta(s), int(s.bank),
+        tasks = {name: task_handle(name) for name in names}
+        meta = self._meta(s)
+        per_query, n_lora = self._serving(ctx, collect.rank)
+        # Before any compute: does this target's share of the library and the generator fit the budget?
+        plan = self._planned_library(ctx, collect, names, tasks)
+        keys = [entry_key(ctx.model_cfg, tasks[n], collect) for n in names]
+        gkey = generator_key(preset, encoder.name, meta, int(s.bank), keys)
+        cached = cached_cost(ctx.shared_dir, names, gkey)
+        banks = [min(int(s.bank), len(tasks[n].pool_docs)) for n in names]
+        plan.append({"flops_measured": cached.flops_measured if cached else
+                     predict_meta_train_flops(preset, encoder, banks, meta),
+                     "wall_s": cached.wall_s if cached else 0.0, "shared_by": shared_by(s, ctx.task.name, names)})
+        self._check_plan(ctx, plan, predict_generate_flops(preset, encoder), per_query,
+                         f"DnD's one-off phases ({len(names)} library LoRAs and the generator's training)")
+
+        entries, costs = self._library(ctx, collect, names, tasks)
+        trained, reused = meta_train(preset, encoder, entries, tasks, tok, meta, int(s.bank),
                                      ctx.shared_dir, ctx.device, ctx.progress, say=_say)
         train_cost = trained.cost
         train_cost.shared_by = shared_by(s, ctx.task.name, names)
+        train_cost.artifact = f"dnd-generator/{trained.key[:16]}"
         train_cost.details = {**train_cost.details, "reused": reused}
         prompts, rows = _target_prompts(ctx, preset.n_prompts)
         with PhaseMeter("generate", ctx.device) as meter:
@@ -193,11 +238,10 @@ class DragAndDrop(_LibraryStrategy):
             adapter = write_adapter(state, entries[0].adapter, Path(ctx.workdir) / "adapter")
         if not torch.isfinite(tokens).all():
             raise HarnessError("the generator produced non-finite weights: check strategy.meta_train.lr")
-        per_query = self._serving(ctx, collect.rank)
-        use = self._budget(ctx, meter.cost, per_query, "one generator forward pass")
+        use = self._charge(ctx, meter.cost, costs + [train_cost], per_query, "one generator forward pass")
         return Adaptation(
             kind="adapter", adapter_dir=str(adapter), labels_used=0, costs=costs + [train_cost, meter.cost],
-            budget=use, per_query_extra_flops=per_query,
+            budget=use, per_query_extra_flops=per_query, lora_params=n_lora,
             details={"preset": preset.name, "encoder": encoder.name, "library": names,
                      "generator": str(trained.folder), "generator_key": trained.key,
                      "condition_rows": rows, "n_prompts": len(prompts), "tokens": tok.describe(),
@@ -223,16 +267,22 @@ class LibraryControl(_LibraryStrategy):
     def adapt(self, ctx: AdaptContext) -> Adaptation:
         s = ctx.settings
         preset, collect, tok, names = self._setup(ctx)
-        tasks, entries, costs = self._library(ctx, collect, names)
+        tasks = {name: task_handle(name) for name in names}
         mode = str(s.mode)
+        member = (int(s.member) if s.get("member") is not None else ctx.seed) if mode == "member" else None
+        if member is not None and member >= len(names):
+            raise HarnessError(f"strategy.member={member}, but the library of {ctx.task.name} has "
+                               f"{len(names)} tasks (0..{len(names) - 1})")
+        per_query, n_lora = self._serving(ctx, collect.rank)
+        self._check_plan(ctx, self._planned_library(ctx, collect, names, tasks), 0.0, per_query,
+                         f"the library of {len(names)} LoRAs")
+        entries, costs = self._library(ctx, collect, names, tasks)
         details = {"mode": mode, "library": names}
+        variant = ""
         with PhaseMeter("generate", ctx.device) as meter:
             if mode == "member":
-                k = int(s.member) if s.get("member") is not None else ctx.seed
-                if k >= len(entries):
-                    raise HarnessError(f"strategy.member={k}, but the library of {ctx.task.name} has "
-                                       f"{len(entries)} tasks (0..{len(entries) - 1})")
-                adapter, details["member_task"] = entries[k].adapter, entries[k].task
+                adapter, details["member_task"] = entries[member].adapter, entries[member].task
+                variant = f"member={entries[member].task}"  # each library LoRA is its own row, never a seed
             elif mode == "mean":
                 state = _mean_state([e.state(p) for e in entries for p in e.checkpoints])
                 adapter = write_adapter(state, entries[0].adapter, Path(ctx.workdir) / "adapter")
@@ -251,10 +301,10 @@ class LibraryControl(_LibraryStrategy):
                 best = max(scores, key=scores.get)
                 adapter = next(e.adapter for e in entries if e.task == best)
                 details.update(nearest_task=best, cosine=scores, target_prompts=len(prompts))
-        per_query = self._serving(ctx, collect.rank)
-        use = self._budget(ctx, meter.cost, per_query, f"library control ({mode})")
+        use = self._charge(ctx, meter.cost, costs, per_query, f"library control ({mode})")
         return Adaptation(kind="adapter", adapter_dir=str(adapter), labels_used=0, costs=costs + [meter.cost],
-                          budget=use, per_query_extra_flops=per_query, details=details)
+                          budget=use, per_query_extra_flops=per_query, lora_params=n_lora, variant=variant,
+                          details=details)
 
     @staticmethod
     def _centroid(encoder, prompts: list[str], meter: PhaseMeter) -> torch.Tensor:

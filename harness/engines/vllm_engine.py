@@ -463,6 +463,10 @@ def vllm_lm_class():
             self.usage.generate_calls += 1
             for out in outputs:
                 _count(out, self.shape, self.usage, self.meter)
+            if generate and self.meter is not None:  # the measured output length the budget is re-priced with
+                details = self.meter.cost.details
+                details["generated_tokens"] = details.get("generated_tokens", 0) + sum(
+                    len(c.token_ids) for out in outputs for c in out.outputs)
             if self.meter is not None:
                 self.meter.cost.details["vllm"]["usage"] = self.usage.to_dict()
             return outputs

@@ -1,0 +1,138 @@
+"""What one query costs: analytic FLOPs on the base model and on an adapted one.
+
+A budget pays `horizon ×` what an adaptation adds to every query (ICL's demonstrations, an unmerged
+adapter's 2·N_lora per token), so that price must be known before any query is answered. The pricer
+renders sample queries exactly as lm-eval will (the same context, the chat template when it is used,
+one request per choice) and splits them into the forward passes lm-eval's HF model makes (requests
+whose context + continuation[:-1] coincide share one pass). A generation query is one prefill plus
+one step per generated token against the growing cache, so its price depends on the output length:
+the task's `max_gen_toks` (the worst case) unless the base model's measured mean on this task is
+known. After evaluation the runner prices the evaluated items again with the measured length, which
+is what the record compares with the prediction.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+from harness.flops import ModelShape
+from harness.tasks import TaskHandle
+from harness.trainer import encode_pair
+
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HF model when a task sets none
+SAMPLE_DOCS = 64
+
+
+@dataclass(frozen=True)
+class OutputLength:
+    """Generated tokens per query (one sample) used to price generation, and where the figure came from."""
+
+    tokens: float
+    source: str  # "max_gen_toks" or "measured: <base cell folder>"
+
+
+def max_gen_toks(task: TaskHandle) -> int:
+    gen = task.task.config.generation_kwargs or {}
+    return int(gen.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
+
+
+class QueryPricer:
+    """Per-query analytic FLOPs of the base model and of an adaptation, on pool queries or given ones."""
+
+    def __init__(self, task: TaskHandle, tokenizer, shape: ModelShape, output: OutputLength | None = None,
+                 n_docs: int = SAMPLE_DOCS) -> None:
+        self.task, self.tokenizer = task, tokenizer
+        self.shape = replace(shape, lora_params=0)
+        self.output = output or OutputLength(float(max_gen_toks(task)), "max_gen_toks")
+        pool = task.pool_docs
+        # Pool rows are priced as queries: a loader that marks its rows (LiveCodeBench's `harness_split`, whose
+        # pool rows refuse to render without a reference answer) sees them as evaluated rows.
+        self.docs = [{**d, "harness_split": "eval"} if "harness_split" in d else d
+                     for d in (task.sample_pool(min(n_docs, len(pool)), 0) if pool else [])]
+        self.source = "pool"
+        if not self.docs:  # no pool to price on: the evaluated prompts (their lengths only; no label is read)
+            evaluated = task.eval_docs
+            self.docs = [evaluated[i] for i in task.eval_indices(min(n_docs, len(evaluated)), 0)]
+            self.source = "eval prompts (empty pool)"
+        self._encode = lru_cache(maxsize=4096)(self._encode_uncached)  # per pricer: texts repeat across k
+        self._pair = lru_cache(maxsize=4096)(self._pair_uncached)
+        self._rendered: dict[tuple[str, str], list[int]] = {}
+
+    def _encode_uncached(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _pair_uncached(self, context: str, continuation: str) -> tuple[int, int]:
+        """Token counts of (context, continuation), split by lm-eval's own rule."""
+        ctx, cont = encode_pair(self.tokenizer, context, continuation)
+        return len(ctx), len(cont)
+
+    def _requests(self, doc: dict, prefix: str | None) -> list:
+        """lm-eval's requests for `doc` with `prefix` as the task description (what evaluation does)."""
+        from harness.evaluate import render_requests
+
+        return render_requests(self.task, doc, prefix)
+
+    def _passes(self, doc: dict, prefix: str | None) -> list[int]:
+        """Input lengths of the forward passes lm-eval makes for `doc`: one per distinct context +
+        continuation[:-1] for log-likelihood requests, the prompt (prefilled once per sample) for generation."""
+        key = (json.dumps(doc, sort_keys=True, default=str), prefix or "")
+        if key not in self._rendered:  # lm-eval compiles its Jinja templates on every render: render once
+            self._rendered[key] = self._passes_uncached(doc, prefix)
+        return self._rendered[key]
+
+    def _passes_uncached(self, doc: dict, prefix: str | None) -> list[int]:
+        requests = self._requests(doc, prefix)
+        if self.task.generative:
+            return [self._encode(requests[0].arguments[0])] * int(self.task.task.config.repeats or 1)
+        passes: dict[tuple, int] = {}
+        for req in requests:
+            context, continuation = req.arguments[0], req.arguments[1]
+            ctx, cont = self._pair(context, continuation)
+            # lm-eval groups requests by context + continuation[:-1]: one-token continuations of a shared
+            # context ride on one forward pass of ctx + cont - 1 positions.
+            key = (context, continuation if cont > 1 else "")
+            passes[key] = max(passes.get(key, 0), ctx + cont - 1)
+        return list(passes.values())
+
+    def _doc_flops(self, doc: dict, prefix: str | None, shape: ModelShape, gen_tokens: float) -> float:
+        if self.task.generative:
+            return sum(shape.generate(1, n, gen_tokens) for n in self._passes(doc, prefix))
+        return sum(shape.forward(1, max(1, n)) for n in self._passes(doc, prefix))
+
+    def passes(self) -> float:
+        """Mean forward passes per query that carry the context (prefills, for generation)."""
+        return sum(len(self._passes(d, None)) for d in self.docs) / max(1, len(self.docs))
+
+    def longest(self, prefix: str | None = None) -> int:
+        """The longest input among the sample queries: context + continuation, or prompt + max_gen_toks."""
+        extra = max_gen_toks(self.task) if self.task.generative else 1
+        return max((n + extra for d in self.docs for n in self._passes(d, prefix)), default=0)
+
+    def flops(self, prefix: str | None = None, lora_params: int = 0, gen_tokens: float | None = None,
+              docs: list[dict] | None = None) -> float:
+        """Mean analytic FLOPs of one query (every sample of it), adapted by `prefix` and/or an unmerged
+        adapter of `lora_params` weights."""
+        docs = self.docs if docs is None else docs
+        if not docs:
+            return 0.0
+        shape = replace(self.shape, lora_params=int(lora_params))
+        g = self.output.tokens if gen_tokens is None else float(gen_tokens)
+        return sum(self._doc_flops(d, prefix, shape, g) for d in docs) / len(docs)
+
+    def extra(self, prefix: str | None = None, lora_params: int = 0, gen_tokens: float | None = None,
+              docs: list[dict] | None = None) -> float:
+        """What the adaptation adds to one query, over the base model on the same queries."""
+        if not prefix and not lora_params:
+            return 0.0
+        return (self.flops(prefix, lora_params, gen_tokens, docs)
+                - self.flops(None, 0, gen_tokens, docs))
+
+    def prefix_tokens(self, prefix: str | None) -> int:
+        return self._encode(prefix) if prefix else 0
+
+    def describe(self) -> dict:
+        """The output length generation is priced with, and where it came from (None for log-likelihood tasks)."""
+        generative = self.task.generative
+        return {"gen_tokens": self.output.tokens if generative else None,
+                "gen_tokens_source": self.output.source if generative else None}

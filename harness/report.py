@@ -1,10 +1,19 @@
-"""Leaderboard, accuracy-vs-FLOPs plot and paired significance tests, from finished records."""
+"""Leaderboard, accuracy-vs-FLOPs plot and paired significance tests, from finished records.
+
+Statistics take the item as the unit (harness/stats.py). Costs follow each budget's `one_off` policy:
+a one-off phase shared by several targets (a DnD generator's library and training) is charged
+amortized over the targets that actually used it, counted from the records (so a later target lowers
+everyone's share and the report says so), whole, or not at all; the totals at the horizon, the Pareto
+plot, the budget column and the strategies' own pages all read the same figures.
+"""
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from pathlib import Path
 
-from harness import store
+from harness import stats, store
+from harness.budget import one_off_share
 
 GROUP = ("model", "task", "budget", "strategy", "variant")  # variant: config hash without the seed
 # Extra report pages that strategies contribute: file name → (title, intro, records → Markdown or None).
@@ -13,33 +22,6 @@ SECTIONS: dict[str, tuple] = {}
 
 def register_section(filename: str, title: str, intro: str, render) -> None:
     SECTIONS[filename] = (title, intro, render)
-
-
-def _paired(base: list[dict], other: list[dict], metric: str = "acc") -> dict | None:
-    """McNemar's exact test and the paired mean difference, on items both cells scored."""
-    def by_doc(samples):
-        return {(s["doc_id"], s.get("doc_hash")): float(s[metric]) for s in samples if metric in s}
-
-    a, b = by_doc(base), by_doc(other)
-    common = sorted(set(a) & set(b))
-    if not common:
-        return None
-    diffs = [b[k] - a[k] for k in common]
-    only_base = sum(1 for k in common if a[k] > b[k])
-    only_other = sum(1 for k in common if b[k] > a[k])
-    p = _exact_p(only_base, only_other)
-    n = len(diffs)
-    mean = sum(diffs) / n
-    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else float("nan")
-    return {"n_paired": n, "delta": mean, "delta_stderr": se, "base_only": only_base, "other_only": only_other,
-            "p_mcnemar": p}
-
-
-def _exact_p(base_only: int, other_only: int) -> float:
-    from scipy.stats import binomtest
-
-    n = int(base_only + other_only)
-    return binomtest(int(min(base_only, other_only)), n, 0.5).pvalue if n else 1.0
 
 
 def collect(folders: list[Path] | None = None, runs_dir: Path | None = None) -> list[tuple[Path, dict]]:
@@ -53,74 +35,208 @@ def collect(folders: list[Path] | None = None, runs_dir: Path | None = None) -> 
     return list(store.iter_records(Path(runs_dir)))
 
 
-def leaderboard(records: list[tuple[Path, dict]]):
+def artifact_targets(records: list[tuple[Path, dict]]) -> dict[str, int]:
+    """How many target tasks used each shared artifact (a library LoRA, a generator), from the records."""
+    users: dict[str, set] = defaultdict(set)
+    for _, r in records:
+        for cost in r.get("costs", []):
+            if cost.get("artifact"):
+                users[cost["artifact"]].add((r["cell"]["model"], r["cell"]["task"]))
+    return {artifact: len(targets) for artifact, targets in users.items()}
+
+
+def charged_costs(record: dict, targets: dict[str, int]) -> dict:
+    """A cell's costs as the report charges them, one-off shares by its budget's policy over the targets that
+    used them, and its budget re-priced with that share and with the queries priced after evaluation."""
+    budget = record["config"]["budget"]
+    policy = budget_policy(budget)
+    shared = [c for c in record.get("costs", []) if c.get("shared_by")]
+    share_flops = one_off_share(shared, "flops", policy, targets)
+    share_s = one_off_share(shared, "seconds", policy, targets)
+    counted = sorted({targets.get(c.get("artifact") or "", c["shared_by"]) for c in shared})
+    declared = sorted({c["shared_by"] for c in shared})
+    split = "" if not shared or policy != "amortized" else "÷" + "/".join(map(str, counted)) + (
+        "" if counted == declared else f", {'/'.join(map(str, declared))} declared")
+    cost, per_query = record["adaptation_cost"], record["per_query"]
+    # evaluation run with engine.count_flops=false measured nothing: fall back to the analytic figure
+    per_query_flops = per_query["flops_measured"] or per_query.get("flops_analytic", 0)
+    horizon = record["at_horizon"]["horizon"]
+    use = record["adaptation"].get("budget") or {}
+    amount = float(use.get("amount") or budget.get("amount") or 0)
+    parts = use.get("parts") or {}
+    recount = False
+    if parts:
+        queries = (use.get("after_eval") or {}).get("queries", parts.get("queries", 0.0))
+        share = {"flops": share_flops, "seconds": share_s}.get(use.get("kind"), 0.0)
+        spent = parts.get("own", 0.0) + queries + share
+        # over only because fewer targets used the one-off phases than were declared when the cell ran
+        recount = parts.get("own", 0.0) + queries + parts.get("one_off", 0.0) <= amount * (1 + 1e-9)
+    else:  # a record from before budgets were itemized
+        spent = float(use.get("spent") or 0.0)
+    overspent = spent - amount if amount and spent > amount * (1 + 1e-9) else 0.0
+    return {"one_off_policy": policy, "one_off_flops": share_flops, "one_off_s": share_s, "one_off_split": split,
+            "overspent_by_recount": bool(overspent and recount),
+            "adapt_flops": cost["flops_measured"], "adapt_s": cost["wall_s"], "per_query_flops": per_query_flops,
+            "per_query_s": per_query["wall_s"], "horizon": horizon,
+            "total_flops_at_horizon": cost["flops_measured"] + share_flops + horizon * per_query_flops,
+            "budget_spent": spent, "budget_overspent": overspent, "budget_bound": bool(use.get("bound"))}
+
+
+def budget_policy(budget: dict) -> str:
+    """The budget's one-off policy; records from before budgets had one left one-off phases out (excluded)."""
+    return budget.get("one_off", "excluded")
+
+
+def headline_metric(record: dict) -> str:
+    """The task's own score: `acc` for the commonsense tasks, exact_match for math, pass@1 for code."""
+    task = (record.get("config") or {}).get("task")
+    return str(task.get("metric") or "acc") if isinstance(task, dict) else "acc"
+
+
+def row_variant(record: dict) -> str:
+    """The row a cell belongs to: its config without the seed, and what the adaptation says it is."""
+    variant = store.variant_key(record.get("config", record["cell"]))
+    extra = (record.get("adaptation") or {}).get("variant")
+    return f"{variant}:{extra}" if extra else variant
+
+
+def item_scores(samples: list[dict], metric: str) -> dict:
+    """Item → score of one cell; a sample without a numeric score is left out (stats.item_matrix drops NaN)."""
+    return {(s["doc_id"], s.get("doc_hash")): float(s[metric]) for s in samples
+            if isinstance(s.get(metric), (int, float, bool))}
+
+
+def _flatten(obj, prefix: str = "") -> dict:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def setting_labels(configs: list[dict], extras: list[str]) -> list[str]:
+    """What tells rows apart, in words: the config values that differ among them (e.g. `shots=16`)."""
+    skip = {"seed", "runs_dir", "progress"}
+    flat = [{k: v for k, v in _flatten(c).items() if k.split(".")[0] not in skip} for c in configs]
+    keys = sorted({k for f in flat for k in f if len({str(g.get(k)) for g in flat}) > 1})
+    keys = [k for k in keys if not (k.startswith("budget.") and k not in ("budget.name", "budget.one_off"))][:3]
+    labels = []
+    for f, extra in zip(flat, extras):
+        parts = [f"{k.split('.', 1)[-1] if k.startswith('strategy.') else k}={f.get(k)}" for k in keys]
+        labels.append(", ".join(([extra] if extra else []) + parts))
+    return labels
+
+
+def leaderboard(records: list[tuple[Path, dict]], targets: dict[str, int] | None = None):
+    """One row per model × task × budget × strategy × variant (seeds pooled per item), and the per-seed tests."""
     import pandas as pd
 
-    rows = []
+    targets = artifact_targets(records) if targets is None else targets
+    rows, configs = [], {}
     for folder, r in records:
         cell = r["cell"]
         metric = headline_metric(r)
-        rows.append({
-            **{k: cell[k] for k in GROUP if k != "variant"}, "variant": store.variant_key(r.get("config", cell)),
-            "seed": cell["seed"], "folder": str(folder),
-            "metric": metric, "acc": r["metrics"].get(metric), "acc_stderr": r["metrics"].get(f"{metric}_stderr"),
-            "acc_norm": r["metrics"].get("acc_norm"), "n": r["metrics"].get("n"),
-            "labels_used": r["adaptation"].get("labels_used", 0),
-            "adapt_flops": r["adaptation_cost"]["flops_measured"], "adapt_s": r["adaptation_cost"]["wall_s"],
-            # evaluation run with engine.count_flops=false measured nothing: fall back to the analytic figure
-            "per_query_flops": r["per_query"]["flops_measured"] or r["per_query"].get("flops_analytic", 0),
-            "per_query_s": r["per_query"]["wall_s"], "horizon": r["at_horizon"]["horizon"],
-            "total_flops_at_horizon": (r["at_horizon"]["flops_measured"] if r["per_query"]["flops_measured"]
-                                       else r["at_horizon"].get("flops_analytic", 0)),
-            "one_off_flops_amortized": (r["adaptation_cost"].get("one_off_amortized") or {}).get("flops_measured", 0),
-            "budget_spent": (r["adaptation"].get("budget") or {}).get("spent"),
-            "budget_bound": bool((r["adaptation"].get("budget") or {}).get("bound")),
-        })
+        row = {**{k: cell[k] for k in GROUP if k != "variant"}, "variant": row_variant(r), "seed": cell["seed"],
+               "folder": str(folder), "metric": metric, "acc": r["metrics"].get(metric),
+               "labels_used": r["adaptation"].get("labels_used", 0), **charged_costs(r, targets)}
+        rows.append(row)
+        configs.setdefault(tuple(row[k] for k in GROUP),
+                           (store.identity(r.get("config", cell)), (r.get("adaptation") or {}).get("variant", "")))
     if not rows:
         return pd.DataFrame(), pd.DataFrame()
     cells = pd.DataFrame(rows)
+    samples_cache: dict[str, dict] = {}
 
-    def stderr_of_mean(se):
-        se = [s for s in se if s is not None and not math.isnan(s)]
-        return math.sqrt(sum(s * s for s in se)) / len(se) if se else float("nan")
-
-    board = cells.groupby(list(GROUP), sort=True).agg(
-        metric=("metric", "first"), seeds=("seed", "nunique"), cells=("seed", "count"), n_min=("n", "min"), acc=("acc", "mean"), acc_stderr=("acc_stderr", stderr_of_mean),
-        acc_seed_std=("acc", "std"), acc_norm=("acc_norm", "mean"), n=("n", "first"),
-        labels_used=("labels_used", "mean"), adapt_flops=("adapt_flops", "mean"), adapt_s=("adapt_s", "mean"),
-        one_off_flops_amortized=("one_off_flops_amortized", "mean"),
-        per_query_flops=("per_query_flops", "mean"), horizon=("horizon", "first"),
-        total_flops_at_horizon=("total_flops_at_horizon", "mean"), budget_bound=("budget_bound", "any"),
-    ).reset_index()
-
-    # Paired tests against base on the same items (seed by seed where possible).
-    tests = []
-    samples_cache: dict[str, list[dict]] = {}
-
-    def samples(folder: str) -> list[dict]:
+    def scores(folder: str, metric: str) -> dict:
         if folder not in samples_cache:
-            samples_cache[folder] = store.read_samples(Path(folder))
+            samples_cache[folder] = item_scores(store.read_samples(Path(folder)), metric)
         return samples_cache[folder]
 
+    board_rows, per_item = [], {}
+    for key, g in cells.groupby(list(GROUP), sort=True):
+        metric = g.metric.iloc[0]
+        items, matrix = stats.item_matrix([scores(f, metric) for f in g.folder])
+        s = stats.summarize(matrix)
+        per_item[key] = dict(zip(items, matrix.mean(axis=1)))
+        over = g.budget_overspent.max()
+        why = " (fewer targets shared the one-off phases than declared)" if over > 0 and \
+            g[g.budget_overspent == over].overspent_by_recount.all() else ""
+        board_rows.append({
+            **dict(zip(GROUP, key)), "metric": metric, "seeds": g.seed.nunique(), "cells": len(g),
+            "n": s.n, "acc": s.mean, "acc_stderr": s.stderr, "acc_seed_std": s.seed_std, "ci_low": s.ci_low,
+            "ci_high": s.ci_high, "labels_used": g.labels_used.mean(), "adapt_flops": g.adapt_flops.mean(),
+            "adapt_s": g.adapt_s.mean(), "one_off_policy": g.one_off_policy.iloc[0],
+            "one_off_flops": g.one_off_flops.mean(), "one_off_s": g.one_off_s.mean(),
+            "one_off_split": g.one_off_split.iloc[0],
+            "per_query_flops": g.per_query_flops.mean(), "horizon": g.horizon.iloc[0],
+            "total_flops_at_horizon": g.total_flops_at_horizon.mean(), "budget_bound": bool(g.budget_bound.any()),
+            "budget_overspent": over,
+            "budget_status": f"overspent by {over:.3g}{why}" if over > 0 else
+            ("yes" if g.budget_bound.any() else "no")})
+    board = pd.DataFrame(board_rows)
+    labels = {}
+    for _, g in board.groupby(["model", "task", "budget", "strategy"]):
+        keys = [tuple(r[k] for k in GROUP) for _, r in g.iterrows()]
+        for k, label in zip(keys, setting_labels([configs[k][0] for k in keys], [configs[k][1] for k in keys])):
+            labels[k] = label if len(keys) > 1 else configs[k][1]
+    board["setting"] = [labels[tuple(r[k] for k in GROUP)] for _, r in board.iterrows()]
+    _compare_with_base(board, per_item)
+    return board, _per_seed_tests(cells, scores)
+
+
+def _base_row(board, row):
+    """The base row that `row` is compared with: same model and task, the same budget where there is one."""
+    bases = board[(board.model == row.model) & (board.task == row.task) & (board.strategy == "base")]
+    if bases.empty:
+        return None
+    same = bases[bases.budget == row.budget]
+    return (same if not same.empty else bases).iloc[0]
+
+
+def _compare_with_base(board, per_item) -> None:
+    """Δ vs base on the items both rows scored, a paired test, and Holm's correction within model × task × budget."""
+    import numpy as np
+
+    results = []
+    for _, row in board.iterrows():
+        base = _base_row(board, row) if row.strategy != "base" else None
+        if base is None:
+            results.append({})
+            continue
+        mine, theirs = per_item[tuple(row[k] for k in GROUP)], per_item[tuple(base[k] for k in GROUP)]
+        common = sorted(set(mine) & set(theirs), key=str)
+        if not common:
+            results.append({})
+            continue
+        test = stats.paired_test(np.array([theirs[k] for k in common]), np.array([mine[k] for k in common]))
+        results.append({"delta_vs_base": test["delta"], "p_vs_base": test["p"], "test_vs_base": test["test"],
+                        "n_paired": test["n_paired"]})
+    for col in ("delta_vs_base", "p_vs_base", "test_vs_base", "n_paired"):
+        board[col] = [r.get(col, float("nan") if col != "test_vs_base" else "") for r in results]
+    board["p_holm"] = float("nan")
+    for _, g in board.groupby(["model", "task", "budget"]):
+        board.loc[g.index, "p_holm"] = stats.holm(list(g.p_vs_base))
+
+
+def _per_seed_tests(cells, scores):
+    """Every cell against base's cell on the same items, seed by seed (significance.csv)."""
+    import pandas as pd
+
+    tests = []
     for _, row in cells.iterrows():
-        if row["strategy"] == "base":
+        if row.strategy == "base":
             continue
         bases = cells[(cells.model == row.model) & (cells.task == row.task) & (cells.strategy == "base")]
         if bases.empty:
             continue
         same = bases[(bases.budget == row.budget) & (bases.seed == row.seed)]
-        base_row = (same if not same.empty else bases).iloc[0]
-        result = _paired(samples(base_row.folder), samples(row.folder), row.metric)
-        if result:
+        base = (same if not same.empty else bases).iloc[0]
+        items, pair = stats.item_matrix([scores(base.folder, row.metric), scores(row.folder, row.metric)])
+        if items:
+            result = stats.paired_test(pair[:, 0], pair[:, 1])
             tests.append({**{k: row[k] for k in GROUP}, "seed": row.seed, **result})
-    sig = pd.DataFrame(tests)
-    if not sig.empty:
-        # One exact test per row: discordant pairs pooled over its seeds (not the best seed's p).
-        pooled = sig.groupby(list(GROUP)).agg(delta_vs_base=("delta", "mean"), base_only=("base_only", "sum"),
-                                              other_only=("other_only", "sum")).reset_index()
-        pooled["p_vs_base"] = [_exact_p(b, o) for b, o in zip(pooled.base_only, pooled.other_only)]
-        board = board.merge(pooled[list(GROUP) + ["delta_vs_base", "p_vs_base"]], on=list(GROUP), how="left")
-    return board, sig
+    return pd.DataFrame(tests)
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -133,94 +249,167 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _point_label(row) -> str:
+    return f"{row.strategy} ({row.setting})" if row.setting else str(row.strategy)
+
+
 def plot(board, path: Path) -> None:
+    """Accuracy against total FLOPs at the horizon (one-off shares by the budget's policy), one panel per
+    task × model × horizon in a grid, 95 % intervals as error bars, one legend for all panels, the Pareto
+    front dashed and its points ringed in black."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
+    from matplotlib.lines import Line2D
 
     panels = sorted(board.groupby(["task", "model", "horizon"]).groups)  # totals compare only at one horizon
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-    for ax, (task, model, horizon) in zip(axes[0], panels):
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    # One style per legend entry, the same in every panel: colour by strategy, marker by setting.
+    board = board.assign(label=[_point_label(r) for _, r in board.iterrows()])
+    strategies = sorted(board.strategy.unique())
+    cmap = plt.get_cmap("tab10" if len(strategies) <= 10 else "tab20")
+    markers = "osD^vP*Xh<>p"
+    styles = {}
+    for i, s in enumerate(strategies):
+        for j, label in enumerate(sorted(board[board.strategy == s].label.unique())):
+            styles[label] = (cmap(i % cmap.N), markers[j % len(markers)])
+    entries = list(styles) + ["Pareto front"]
+    legend_cols = min(4, len(entries))
+    legend_rows = math.ceil(len(entries) / legend_cols)
+    legend_h = 0.22 * legend_rows + 0.3  # inches
+    height = 3.7 * nrows + legend_h + 0.4
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, height), squeeze=False)
+    for ax, (task, model, horizon) in zip(axes.flat, panels):
         sub = board[(board.task == task) & (board.model == model) & (board.horizon == horizon)].reset_index(drop=True)
         pts = list(zip(sub.total_flops_at_horizon, sub.acc))
         front = set(pareto(pts))
         for i, row in sub.iterrows():
-            ax.errorbar(row.total_flops_at_horizon, row.acc, yerr=row.acc_stderr, fmt="*" if i in front else "o",
-                        markersize=12 if i in front else 7, capsize=3)
-            ax.annotate(f"{row.strategy} ({row.budget})", (row.total_flops_at_horizon, row.acc), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
-        f = sorted((pts[i] for i in front))
-        ax.plot([p[0] for p in f], [p[1] for p in f], "k--", linewidth=0.8, label="Pareto front")
-        if (sub.total_flops_at_horizon > 0).all():
+            colour, marker = styles[row.label]
+            yerr = None if math.isnan(row.ci_low) else [[max(0.0, row.acc - row.ci_low)],
+                                                        [max(0.0, row.ci_high - row.acc)]]
+            ax.errorbar(row.total_flops_at_horizon, row.acc, yerr=yerr, fmt=marker, color=colour, markersize=8,
+                        capsize=3, elinewidth=1, alpha=0.9, markeredgecolor="black" if i in front else colour,
+                        markeredgewidth=1.8 if i in front else 0.5, zorder=3 if i in front else 2)
+        f = sorted(pts[i] for i in front)
+        ax.plot([p[0] for p in f], [p[1] for p in f], "k--", linewidth=0.8, zorder=1)
+        xs = sub.total_flops_at_horizon
+        if (xs > 0).all() and xs.max() / xs.min() > 20:
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 3.0)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False))
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel(f"total FLOPs at horizon (adaptation + {int(horizon)} queries)")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{task} · {model}")
-        ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
+        else:
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+        ax.set_xlabel(f"total FLOPs: adaptation + one-off share + {int(horizon)} queries", fontsize=8)
+        ax.set_ylabel(f"{sub.metric.iloc[0]} (95 % CI)")
+        ax.set_title(f"{task} · {model}", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], linestyle="", marker=styles[e][1], color=styles[e][0], markersize=7) for e in styles]
+    handles.append(Line2D([], [], linestyle="--", color="black", marker="o", markerfacecolor="white",
+                          markeredgecolor="black", markeredgewidth=1.8, linewidth=0.8))
+    fig.legend(handles, entries, loc="lower center", ncol=legend_cols, fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+    policies = ", ".join(sorted(board.one_off_policy.unique()))
+    fig.suptitle(f"Score against total FLOPs at the horizon (one-off phases: {policies})", fontsize=10)
+    fig.tight_layout(rect=(0, legend_h / height, 1, 1 - 0.35 / height))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def headline_metric(record: dict) -> str:
-    """The task's own score: `acc` for the commonsense tasks, exact_match for math, pass@1 for code."""
-    task = (record.get("config") or {}).get("task")
-    return str(task.get("metric") or "acc") if isinstance(task, dict) else "acc"
+def _fmt(x, spec: str = ".3g") -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def _fmt_flops(x: float) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
+def _budgets_line(records: list[tuple[Path, dict]]) -> str:
+    seen = {}
+    for _, r in records:
+        b = r["config"]["budget"]
+        policy = budget_policy(b) + ("" if "one_off" in b else " (recorded before budgets charged one-off phases)")
+        seen[b["name"]] = f"`{b['name']}`: {b['kind']} ≤ {b['amount']:g}, horizon {b['horizon']}, one-off {policy}"
+    return "; ".join(seen[k] for k in sorted(seen))
+
+
+def _one_off(row) -> str:
+    """The one-off share, and over how many targets it was split (counted from the records)."""
+    if not row.one_off_flops:
+        return "—"
+    return _fmt(row.one_off_flops) + (f" ({row.one_off_split})" if row.one_off_split else "")
 
 
 def markdown(board) -> str:
-    head = ("| model | task | budget | strategy | config | score ± stderr | n | seeds | labels | adapt FLOPs | adapt s "
-            "| one-off FLOPs (amortized) | per-query FLOPs | total FLOPs @ horizon | Δ vs base (p) | budget bound |")
-    lines = [head, "|" + "---|" * 16]
+    head = ("| model | task | budget | strategy | config | score ± stderr | 95 % CI | ± seed std | n | seeds | labels "
+            "| adapt FLOPs | adapt s | one-off FLOPs | per-query FLOPs | total FLOPs @ horizon | Δ vs base "
+            "| p (test) | p Holm | budget bound |")
+    lines = [head, "|" + "---|" * 20]
+    tests = {"McNemar exact": "McNemar", "sign-flip permutation": "sign-flip"}
     for _, r in board.iterrows():
         delta = r.get("delta_vs_base")
-        delta_s = "—" if delta is None or (isinstance(delta, float) and math.isnan(delta)) else \
-            f"{delta:+.3f} (p={r['p_vs_base']:.3g})"
+        has_delta = delta is not None and not (isinstance(delta, float) and math.isnan(delta))
+        strategy = f"{r.strategy} ({r.setting})" if r.setting else r.strategy
         lines.append(
-            f"| {r.model} | {r.task} | {r.budget} | {r.strategy} | {r.variant} "
-            f"| {r.acc:.3f} ± {r.acc_stderr:.3f}{'' if r.metric == 'acc' else f' ({r.metric})'} "
-            f"| {int(r.n)}{'' if r.n_min == r.n else f' (min {int(r.n_min)})'} "
-            f"| {int(r.seeds)} | {r.labels_used:g} | {_fmt_flops(r.adapt_flops)} | {r.adapt_s:.1f} "
-            f"| {_fmt_flops(r.one_off_flops_amortized) if r.one_off_flops_amortized else '—'} "
-            f"| {_fmt_flops(r.per_query_flops)} | {_fmt_flops(r.total_flops_at_horizon)} (h={int(r.horizon)}) "
-            f"| {delta_s} | {'yes' if r.budget_bound else 'no'} |")
+            f"| {r.model} | {r.task} | {r.budget} | {strategy} | {r.variant.split(':')[0]} "
+            f"| {_fmt(r.acc, '.3f')} ± {_fmt(r.acc_stderr, '.3f')}{'' if r.metric == 'acc' else f' ({r.metric})'} "
+            f"| [{_fmt(r.ci_low, '.3f')}, {_fmt(r.ci_high, '.3f')}] | {_fmt(r.acc_seed_std, '.3f')} "
+            f"| {int(r.n)} | {int(r.seeds)} | {r.labels_used:g} | {_fmt(r.adapt_flops)} | {r.adapt_s:.1f} "
+            f"| {_one_off(r)} "
+            f"| {_fmt(r.per_query_flops)} | {_fmt(r.total_flops_at_horizon)} (h={int(r.horizon)}) "
+            f"| {f'{delta:+.3f}' if has_delta else '—'} "
+            f"| {f'{r.p_vs_base:.3g} ({tests.get(r.test_vs_base, r.test_vs_base)})' if has_delta else '—'} "
+            f"| {_fmt(r.p_holm) if has_delta else '—'} | {r.budget_status} |")
     return "\n".join(lines) + "\n"
 
 
+INTRO = (
+    "Score: the task's metric on the cell's eval items (lm-eval `acc` for multiple choice, exact match for math, "
+    "pass@1 for code; named in brackets when not acc). Seeds (generated adapters, demonstration draws, training "
+    "seeds) are averaged per item first: score ± stderr come from the per-item means, `± seed std` is the spread "
+    "of the per-seed scores, and the 95 % CI is a percentile bootstrap over items with seeds resampled within each "
+    "replicate (2000 replicates, fixed seed). Δ vs base: paired difference on the items both rows scored; p: "
+    "McNemar's exact test when every per-item score is 0 or 1 (one binary seed, or seeds that agree), else a "
+    "sign-flip permutation test on the per-item differences; p Holm: Holm-corrected over the rows compared with "
+    "base within one model × task × budget. Adapt FLOPs and s: what this target paid alone. One-off FLOPs: its "
+    "share of phases shared by several targets (a DnD generator's library and training) by the budget's policy "
+    "(amortized over the targets that used them, counted from the records and shown as ÷N, with the number declared "
+    "when the cell ran if it differs; whole; excluded). Total FLOPs at "
+    "horizon = adapt + one-off share + horizon × per-query. FLOPs are measured (FlopCounterMode; analytic where "
+    "counting was turned off). Budget bound: `yes` when the budget stopped the work; `overspent by X` when the "
+    "spend, re-priced after evaluation (measured output lengths, the one-off share above), exceeds the amount "
+    "(with the reason when only the recount of targets made it so). "
+    "`config` hashes the cell's configuration without its seed; a bracket after the strategy names the settings "
+    "that tell its rows apart.")
+
+
 def build(out_dir: Path, folders: list[Path] | None = None, runs_dir: Path | None = None) -> str:
+    """Write the report for `folders` (or every record under `runs_dir`); one-off shares are counted over
+    every record under `runs_dir` when it is given, so targets outside `folders` lower them too."""
     records = collect(folders, runs_dir)
     if not records:
         from harness.errors import HarnessError
 
         raise HarnessError(f"no finished records under {runs_dir or 'the given folders'}: run `harness run` first")
-    board, sig = leaderboard(records)
+    everything = records if folders is None or runs_dir is None else collect(None, runs_dir)
+    targets = artifact_targets(everything)
+    for _, r in records:  # strategies' report pages read the same charged costs as the leaderboard
+        r["report"] = {"artifact_targets": targets, **charged_costs(r, targets)}
+    board, sig = leaderboard(records, targets)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = ("# Leaderboard\n\nScore is the task's metric on the cell's eval items: lm-eval `acc` for multiple "
-            "choice, exact match for math, pass@1 for code (named in brackets when not acc); stderr is the analytic "
-            "standard error of the mean. Adapt FLOPs and adapt s: what this target paid alone; one-off FLOPs: phases shared by several "
-            "targets (a DnD generator's library and training), divided by how many share them. `config` is a hash of the cell's configuration without its seed: rows differ in some "
-            "setting when it differs. FLOPs are measured (FlopCounterMode; analytic where counting was turned off). Total FLOPs at horizon = adaptation + horizon "
-            "× per-query. Δ vs base: paired difference on the same items; p: McNemar's exact test on the discordant "
-            "pairs pooled over seeds.\n\n"
-            + markdown(board))
-    (out_dir / "leaderboard.md").write_text(text)
+    text = markdown(board)
+    page = f"# Leaderboard\n\n{INTRO}\n\nBudgets: {_budgets_line(records)}.\n\n{text}"
+    (out_dir / "leaderboard.md").write_text(page)
     board.to_csv(out_dir / "leaderboard.csv", index=False)
     sig.to_csv(out_dir / "significance.csv", index=False)
     plot(board, out_dir / "accuracy_vs_flops.png")
-    text = markdown(board)
     import baselines  # noqa: F401  (strategies register their report sections)
 
     for filename, (title, intro, render) in SECTIONS.items():
-        page = render(records)
-        if page:
-            (out_dir / filename).write_text(f"# {title}\n\n{intro}\n\n{page}")
-            text += f"\n## {title}\n\n{page}"
+        section = render(records)
+        if section:
+            (out_dir / filename).write_text(f"# {title}\n\n{intro}\n\n{section}")
+            text += f"\n## {title}\n\n{section}"
     return text

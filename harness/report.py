@@ -115,6 +115,9 @@ def _flatten(obj, prefix: str = "") -> dict:
     return {prefix[:-1]: obj}
 
 
+SHORT = {"budget.name": "budget", "budget.one_off": "one_off"}
+
+
 def setting_labels(configs: list[dict], extras: list[str]) -> list[str]:
     """What tells rows apart, in words: the config values that differ among them (e.g. `shots=16`)."""
     skip = {"seed", "runs_dir", "progress"}
@@ -123,7 +126,7 @@ def setting_labels(configs: list[dict], extras: list[str]) -> list[str]:
     keys = [k for k in keys if not (k.startswith("budget.") and k not in ("budget.name", "budget.one_off"))][:3]
     labels = []
     for f, extra in zip(flat, extras):
-        parts = [f"{k.split('.', 1)[-1] if k.startswith('strategy.') else k}={f.get(k)}" for k in keys]
+        parts = [f"{SHORT.get(k, k.removeprefix('strategy.'))}={f.get(k)}" for k in keys]
         labels.append(", ".join(([extra] if extra else []) + parts))
     return labels
 
@@ -175,12 +178,16 @@ def leaderboard(records: list[tuple[Path, dict]], targets: dict[str, int] | None
             "budget_status": f"overspent by {over:.3g}{why}" if over > 0 else
             ("yes" if g.budget_bound.any() else "no")})
     board = pd.DataFrame(board_rows)
-    labels = {}
-    for _, g in board.groupby(["model", "task", "budget", "strategy"]):
-        keys = [tuple(r[k] for k in GROUP) for _, r in g.iterrows()]
-        for k, label in zip(keys, setting_labels([configs[k][0] for k in keys], [configs[k][1] for k in keys])):
-            labels[k] = label if len(keys) > 1 else configs[k][1]
-    board["setting"] = [labels[tuple(r[k] for k in GROUP)] for _, r in board.iterrows()]
+    # The settings that tell a strategy's rows apart: within a table group, and within a plot panel (where
+    # rows of several budgets at one horizon meet).
+    for column, by in (("setting", ["model", "task", "budget", "strategy"]),
+                       ("panel_setting", ["model", "task", "horizon", "strategy"])):
+        labels = {}
+        for _, g in board.groupby(by):
+            keys = [tuple(r[k] for k in GROUP) for _, r in g.iterrows()]
+            found = setting_labels([configs[k][0] for k in keys], [configs[k][1] for k in keys])
+            labels.update({k: label if len(keys) > 1 else configs[k][1] for k, label in zip(keys, found)})
+        board[column] = [labels[tuple(r[k] for k in GROUP)] for _, r in board.iterrows()]
     _compare_with_base(board, per_item)
     return board, _per_seed_tests(cells, scores)
 
@@ -250,7 +257,7 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _point_label(row) -> str:
-    return f"{row.strategy} ({row.setting})" if row.setting else str(row.strategy)
+    return f"{row.strategy} ({row.panel_setting})" if row.panel_setting else str(row.strategy)
 
 
 def plot(board, path: Path) -> None:

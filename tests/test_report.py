@@ -210,3 +210,15 @@ def test_report_on_empty_dir_is_a_clear_error(tmp_path):
 
     with pytest.raises(HarnessError, match="no finished records"):
         report.build(tmp_path / "out", runs_dir=tmp_path)
+
+
+def test_rows_of_one_strategy_in_one_plot_panel_are_told_apart(tmp_path):
+    steps = {"kind": "steps", "amount": 50, "horizon": 10, "one_off": "amortized"}
+    _record(tmp_path / "base", "base", [0, 1, 0, 1], budget={**steps, "name": "steps_50"})
+    _record(tmp_path / "short", "lora", [1, 1, 0, 1], budget={**steps, "name": "steps_50"})
+    _record(tmp_path / "long", "lora", [1, 1, 1, 1], budget={**steps, "name": "steps_300", "amount": 300})
+    board = _board(tmp_path)[0].set_index("budget")
+    lora = board[board.strategy == "lora"]
+    assert list(lora.setting) == ["", ""]  # alone in their budget's rows of the table
+    assert sorted(lora.panel_setting) == ["budget=steps_300", "budget=steps_50"]  # but one panel: named apart
+    assert lora.loc["steps_300"].p_vs_base == pytest.approx(0.5)  # paired with the base of another budget

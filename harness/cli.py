@@ -1,4 +1,4 @@
-"""`harness run | list | report`.
+"""`harness run | list | report | runs stale`.
 
 `run` hands its arguments to Hydra (overrides, `-m` sweeps, launchers) after checking them, so
 that a typo costs a one-line error instead of a stack trace or a half-run sweep.
@@ -184,7 +184,9 @@ def cmd_list(what: str) -> None:
     for name in options(group):
         cfg = load(name)
         if group == "task":
-            extra = f"{cfg.get('family', '')}, lm-eval task {cfg.get('lm_eval_task')}"
+            extra = f"{cfg.get('family', '')}, lm-eval task {cfg.get('lm_eval_task')}; {_scored_part(cfg)}"
+            for field_name, variant in (cfg.get("standard_fields") or {}).items():
+                extra += f"; {variant} variant where the data has no {field_name} (e.g. the offline mirror)"
         elif group == "budget":
             extra = f"{cfg.kind} ≤ {cfg.amount:g}, horizon {cfg.horizon} queries, one-off phases {cfg.one_off}"
         elif group == "model":
@@ -195,6 +197,26 @@ def cmd_list(what: str) -> None:
             first = (CONFIG_DIR / group / f"{name}.yaml").read_text().splitlines()
             extra = next((ln.lstrip("# ").strip() for ln in first if ln.startswith("#") and "@package" not in ln), "")
         print(f"{name:18s} {extra}")
+
+
+def _scored_part(cfg) -> str:
+    """Which part of its split a task scores: all of it, or what a carved adaptation pool leaves."""
+    from harness.tasks import task_manager
+
+    manager = task_manager()
+    name = str(cfg.get("lm_eval_task"))
+    if name not in manager.all_tasks:
+        return "not defined under tasks/"
+    kwargs = manager._factory._load_full_config(manager._entry(name), None).get("dataset_kwargs") or {}
+    if "release_version" in kwargs:  # LiveCodeBench: problems of a release window
+        return (f"scores the problems of {kwargs['release_version']} in its date window, less a pool of "
+                f"{kwargs.get('pool_size')} carved out of them")
+    split = kwargs.get("eval_split", "?")
+    if kwargs.get("pool_split"):
+        return f"scores all of {split} (pool from {kwargs['pool_split']})"
+    if kwargs.get("pool_size"):
+        return f"scores {split} less a pool of >= {kwargs['pool_size']} carved out of it"
+    return f"scores {split}"
 
 
 def cmd_report(runs: str | None, out: str | None) -> None:
@@ -209,12 +231,31 @@ def cmd_report(runs: str | None, out: str | None) -> None:
     print(f"[harness] report in {target}/")
 
 
+def cmd_runs(args: list[str]) -> None:
+    """`harness runs stale [RUNS_DIR]`: finished records whose inputs changed since they were written."""
+    from harness import provenance, store
+    from harness.settings import runs_dir
+
+    if not args or args[0] != "stale" or len(args) > 2:
+        raise HarnessError("usage: harness runs stale [RUNS_DIR]")
+    root = Path(args[1]) if len(args) > 1 else runs_dir()
+    if not root.is_dir():
+        raise HarnessError(f"runs directory {root} does not exist: pass the folder `harness run` wrote to")
+    stale = provenance.stale_records(root)
+    for folder, reasons in stale:
+        print(f"stale  {folder}  ({'; '.join(reasons)})")
+    total = sum(1 for _ in store.iter_records(root))
+    print(f"[harness] {len(stale)} of {total} finished records under {root} are stale: `harness run` with the "
+          "same config runs them again (into new folders) and the report shows the newest record of each cell; "
+          "delete a stale folder yourself when you no longer need it", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip() + "\n\nusage: harness run [OVERRIDES...] | harness list WHAT | "
-              "harness report [RUNS_DIR] [--out DIR]")
+              "harness report [RUNS_DIR] [--out DIR] | harness runs stale [RUNS_DIR]")
         return
     command, rest = argv[0], argv[1:]
     try:
@@ -230,8 +271,10 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--out")
             ns = p.parse_args(rest)
             cmd_report(ns.runs_dir, ns.out)
+        elif command == "runs":
+            cmd_runs(rest)
         else:
-            raise HarnessError(f"unknown command {command!r}: use run, list or report")
+            raise HarnessError(f"unknown command {command!r}: use run, list, report or runs")
     except HarnessError as exc:
         _fail(str(exc))
 

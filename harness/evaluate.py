@@ -7,6 +7,7 @@ the task's description), or nothing. It never knows which strategy produced it.
 from __future__ import annotations
 
 import contextlib
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,11 +159,24 @@ def attach_adapter(model, adapter_dir: str | Path):
     return PeftModel.from_pretrained(model, str(path), is_trainable=False).eval()
 
 
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's generators (every device), from one seed."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices: list[int], batch_size: int,
                         device: torch.device, count_flops: bool = True, engine_cfg=None,
-                        model_dir: str | None = None) -> EvalResult:
+                        model_dir: str | None = None, seed: int = 0) -> EvalResult:
     """Score an adaptation with lm-eval. `engine_cfg.name == "vllm"` serves it from the process's
-    cached vLLM engine (harness/engines), the base model at `model_dir`; otherwise transformers."""
+    cached vLLM engine (harness/engines), the base model at `model_dir`; otherwise transformers.
+
+    Every generator evaluation can draw from is seeded from `seed` right before scoring (sampled
+    generations then repeat exactly, whatever adaptation did to the generators before): Python's,
+    numpy's, torch's, lm-eval's few-shot sampler, and vLLM's per-request sampling seeds."""
     import lm_eval
 
     quiet_lm_eval()
@@ -179,12 +193,15 @@ def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices:
             raise HarnessError("engine=vllm needs the model as a folder or Hub id; this model has neither")
         count_flops = False  # vLLM's kernels are invisible to FlopCounterMode: analytic FLOPs only
         lm = make_lm(model_dir, adapter_dir=adaptation.adapter_dir if adaptation.kind == "adapter" else None,
-                     engine_cfg=engine_cfg, meter=meter, shape=ModelShape.of(model), tokenizer=tokenizer)
+                     engine_cfg=engine_cfg, meter=meter, shape=ModelShape.of(model), tokenizer=tokenizer,
+                     seed=seed)
     else:
         lm = metered_lm_class()(pretrained=lm_model, tokenizer=tokenizer, batch_size=batch_size, meter=meter,
                                 shape=ModelShape.of(lm_model), count_flops=count_flops)
     chat = task.chat_tokenizer is not None
     GRADES.clear()
+    seed_everything(seed)
+    task.task.set_fewshot_seed(seed=seed)
     try:
         with meter:
             # Code tasks are marked unsafe in lm-eval: their programs run in harness/sandbox.

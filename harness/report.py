@@ -8,7 +8,9 @@ plot, the budget column and the strategies' own pages all read the same figures.
 """
 from __future__ import annotations
 
+import json
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -33,6 +35,18 @@ def collect(folders: list[Path] | None = None, runs_dir: Path | None = None) -> 
                 out.append((Path(folder), record))
         return out
     return list(store.iter_records(Path(runs_dir)))
+
+
+def newest_per_cell(records: list[tuple[Path, dict]]) -> tuple[list[tuple[Path, dict]], int]:
+    """One record per cell (same config and seed): the newest; older ones were made with other inputs
+    (code, versions, data: `harness runs stale`). Returns (kept, how many were left out)."""
+    newest: dict[str, tuple[Path, dict]] = {}
+    for folder, r in records:
+        cell = json.dumps(store.identity(r.get("config", {})), sort_keys=True, default=str)
+        if cell not in newest or r.get("finished_at", "") > newest[cell][1].get("finished_at", ""):
+            newest[cell] = (folder, r)
+    kept = sorted(newest.values(), key=lambda fr: str(fr[0]))
+    return kept, len(records) - len(kept)
 
 
 def artifact_targets(records: list[tuple[Path, dict]]) -> dict[str, int]:
@@ -80,6 +94,23 @@ def charged_costs(record: dict, targets: dict[str, int]) -> dict:
             "per_query_s": per_query["wall_s"], "horizon": horizon,
             "total_flops_at_horizon": cost["flops_measured"] + share_flops + horizon * per_query_flops,
             "budget_spent": spent, "budget_overspent": overspent, "budget_bound": bool(use.get("bound"))}
+
+
+def data_scope(record: dict) -> dict:
+    """What a record scored against the benchmark's split: its size as published (N), how many of those
+    could be scored (less any carved pool), whether a pool was carved out of it, and the data's variant."""
+    data = record.get("data", {})
+    pool = data.get("pool", {})
+    scorable = int(record.get("eval", {}).get("n_eval_split") or pool.get("n_eval") or 0)
+    carved = bool(pool.get("carved"))
+    size = data.get("split_size") or scorable + (len(pool.get("carved_rows") or []) if carved else 0)
+    return {"split_size": int(size), "scorable": scorable, "carved": carved, "data_variant": data.get("variant") or ""}
+
+
+def n_of_split(row) -> str:
+    """`n / N`, with the scorable rest named when a pool was carved out of the split."""
+    text = f"{int(row.n)} / {int(row.split_size)}"
+    return text + (f" (pool carved; {int(row.scorable)} scorable)" if row.carved else "")
 
 
 def budget_policy(budget: dict) -> str:
@@ -142,7 +173,7 @@ def leaderboard(records: list[tuple[Path, dict]], targets: dict[str, int] | None
         metric = headline_metric(r)
         row = {**{k: cell[k] for k in GROUP if k != "variant"}, "variant": row_variant(r), "seed": cell["seed"],
                "folder": str(folder), "metric": metric, "acc": r["metrics"].get(metric),
-               "labels_used": r["adaptation"].get("labels_used", 0), **charged_costs(r, targets)}
+               "labels_used": r["adaptation"].get("labels_used", 0), **data_scope(r), **charged_costs(r, targets)}
         rows.append(row)
         configs.setdefault(tuple(row[k] for k in GROUP),
                            (store.identity(r.get("config", cell)), (r.get("adaptation") or {}).get("variant", "")))
@@ -167,7 +198,8 @@ def leaderboard(records: list[tuple[Path, dict]], targets: dict[str, int] | None
             g[g.budget_overspent == over].overspent_by_recount.all() else ""
         board_rows.append({
             **dict(zip(GROUP, key)), "metric": metric, "seeds": g.seed.nunique(), "cells": len(g),
-            "n": s.n, "acc": s.mean, "acc_stderr": s.stderr, "acc_seed_std": s.seed_std, "ci_low": s.ci_low,
+            "n": s.n, "split_size": g.split_size.iloc[0], "scorable": g.scorable.iloc[0], "carved": g.carved.iloc[0],
+            "data_variant": g.data_variant.iloc[0], "acc": s.mean, "acc_stderr": s.stderr, "acc_seed_std": s.seed_std, "ci_low": s.ci_low,
             "ci_high": s.ci_high, "labels_used": g.labels_used.mean(), "adapt_flops": g.adapt_flops.mean(),
             "adapt_s": g.adapt_s.mean(), "one_off_policy": g.one_off_policy.iloc[0],
             "one_off_flops": g.one_off_flops.mean(), "one_off_s": g.one_off_s.mean(),
@@ -312,7 +344,7 @@ def plot(board, path: Path) -> None:
             ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
         ax.set_xlabel(f"total FLOPs: adaptation + one-off share + {int(horizon)} queries", fontsize=8)
         ax.set_ylabel(f"{sub.metric.iloc[0]} (95 % CI)")
-        ax.set_title(f"{task} · {model}", fontsize=10)
+        ax.set_title(f"{task} · {model} · {int(horizon)} queries", fontsize=10)
         ax.grid(alpha=0.3, which="both")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
@@ -349,7 +381,7 @@ def _one_off(row) -> str:
 
 
 def markdown(board) -> str:
-    head = ("| model | task | budget | strategy | config | score ± stderr | 95 % CI | ± seed std | n | seeds | labels "
+    head = ("| model | task | budget | strategy | config | score ± stderr | 95 % CI | ± seed std | n / N | seeds | labels "
             "| adapt FLOPs | adapt s | one-off FLOPs | per-query FLOPs | total FLOPs @ horizon | Δ vs base "
             "| p (test) | p Holm | budget bound |")
     lines = [head, "|" + "---|" * 20]
@@ -359,10 +391,11 @@ def markdown(board) -> str:
         has_delta = delta is not None and not (isinstance(delta, float) and math.isnan(delta))
         strategy = f"{r.strategy} ({r.setting})" if r.setting else r.strategy
         lines.append(
-            f"| {r.model} | {r.task} | {r.budget} | {strategy} | {r.variant.split(':')[0]} "
+            f"| {r.model} | {r.task}{f' ({r.data_variant})' if r.data_variant else ''} | {r.budget} | {strategy} "
+            f"| {r.variant.split(':')[0]} "
             f"| {_fmt(r.acc, '.3f')} ± {_fmt(r.acc_stderr, '.3f')}{'' if r.metric == 'acc' else f' ({r.metric})'} "
             f"| [{_fmt(r.ci_low, '.3f')}, {_fmt(r.ci_high, '.3f')}] | {_fmt(r.acc_seed_std, '.3f')} "
-            f"| {int(r.n)} | {int(r.seeds)} | {r.labels_used:g} | {_fmt(r.adapt_flops)} | {r.adapt_s:.1f} "
+            f"| {n_of_split(r)} | {int(r.seeds)} | {r.labels_used:g} | {_fmt(r.adapt_flops)} | {r.adapt_s:.1f} "
             f"| {_one_off(r)} "
             f"| {_fmt(r.per_query_flops)} | {_fmt(r.total_flops_at_horizon)} (h={int(r.horizon)}) "
             f"| {f'{delta:+.3f}' if has_delta else '—'} "
@@ -373,7 +406,10 @@ def markdown(board) -> str:
 
 INTRO = (
     "Score: the task's metric on the cell's eval items (lm-eval `acc` for multiple choice, exact match for math, "
-    "pass@1 for code; named in brackets when not acc). Seeds (generated adapters, demonstration draws, training "
+    "pass@1 for code; named in brackets when not acc). n / N: items scored of the evaluation split as published; "
+    "where the adaptation pool was carved out of that split (no train split to take it from), fewer are scorable, "
+    "so the row is not the published benchmark's full number. A task name with a bracket is a variant of the "
+    "benchmark's standard form (e.g. BoolQ without its passages: question-only). Seeds (generated adapters, demonstration draws, training "
     "seeds) are averaged per item first: score ± stderr come from the per-item means, `± seed std` is the spread "
     "of the per-seed scores, and the 95 % CI is a percentile bootstrap over items with seeds resampled within each "
     "replicate (2000 replicates, fixed seed). Δ vs base: paired difference on the items both rows scored; p: "
@@ -394,12 +430,16 @@ INTRO = (
 def build(out_dir: Path, folders: list[Path] | None = None, runs_dir: Path | None = None) -> str:
     """Write the report for `folders` (or every record under `runs_dir`); one-off shares are counted over
     every record under `runs_dir` when it is given, so targets outside `folders` lower them too."""
-    records = collect(folders, runs_dir)
+    records, superseded = newest_per_cell(collect(folders, runs_dir))
     if not records:
         from harness.errors import HarnessError
 
         raise HarnessError(f"no finished records under {runs_dir or 'the given folders'}: run `harness run` first")
-    everything = records if folders is None or runs_dir is None else collect(None, runs_dir)
+    if superseded:
+        where = f" {runs_dir}" if runs_dir else ""
+        print(f"[harness] report: {superseded} older record(s) of the same cells left out (made with other code, "
+              f"versions or data: `harness runs stale{where}` lists them)", file=sys.stderr)
+    everything = records if folders is None or runs_dir is None else newest_per_cell(collect(None, runs_dir))[0]
     targets = artifact_targets(everything)
     for _, r in records:  # strategies' report pages read the same charged costs as the leaderboard
         r["report"] = {"artifact_targets": targets, **charged_costs(r, targets)}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from harness import store
+from harness import provenance, store
 from harness.budget import Budget
 from harness.config_checks import as_int
 from harness.errors import HarnessError
@@ -73,12 +73,15 @@ def run_cell(cfg) -> Path:
         if not vllm_available():
             raise HarnessError(f"engine=vllm: vLLM is not importable here: {INSTALL_HINT}")
 
-    # The key covers the config and the content of its inputs (data files, a given adapter), so a
+    # The key covers the config and everything else the result depends on (harness/provenance.py: the
+    # code, package versions, model weights; the content of the data files and of a given adapter), so a
     # finished cell is skipped only when nothing it read has changed.
     task = TaskHandle.from_cfg(cfg.task)
-    inputs = {"data": task.pool_info.fingerprints}
+    inputs = {**provenance.environment(cfg.model), "data": task.pool_info.fingerprints}
     if hasattr(strategy, "fingerprint"):
         inputs["strategy"] = strategy.fingerprint(cfg.strategy)
+    if hasattr(strategy, "reads_tasks"):  # other tasks' data the adaptation learns from (DnD's library)
+        inputs["tasks"] = {name: provenance.task_data(name) for name in strategy.reads_tasks(cfg)}
     output = output_length(config, task)  # prices generation, so it is an input: a new base cell, a new key
     if output is not None:
         inputs["output_length"] = {"tokens": output.tokens, "source": output.source}
@@ -87,6 +90,10 @@ def run_cell(cfg) -> Path:
     if store.read_record(folder, key) is not None:
         say(f"skip (finished): {label}")
         return folder
+    for older in store.superseded(Path(config["runs_dir"]), config, key):
+        changed = provenance.changes((store.read_record(older) or {}).get("inputs"), inputs) or ["sweep order"]
+        say(f"the finished record at {older} was made with other inputs ({'; '.join(changed)}): kept, not reused; "
+            "`harness runs stale` lists such records")
 
     say(f"run: {label}")
     indices = task.eval_indices(limit, subset_seed)
@@ -114,7 +121,7 @@ def run_cell(cfg) -> Path:
 
     result = evaluate_adaptation(loaded.model, loaded.tokenizer, task, adaptation, indices, batch_size, device,
                                  count_flops=bool(cfg.engine.count_flops), engine_cfg=cfg.engine,
-                                 model_dir=loaded.info.get("cache") or loaded.info.get("hub_id"))
+                                 model_dir=loaded.info.get("cache") or loaded.info.get("hub_id"), seed=seed)
     result.per_query["predicted"] = {"flops_analytic": pricing.flops(adaptation.prefix, adaptation.lora_params),
                                      "queries_priced": len(pricing.docs), "priced_on": pricing.source,
                                      **pricing.describe()}
@@ -248,8 +255,10 @@ def _record(config, key, model_info, task: TaskHandle, indices, adaptation: Adap
                  "strategy": config["strategy"]["name"], "budget": config["budget"]["name"], "seed": config["seed"]},
         "config": config,
         "versions": versions(),
+        "code": provenance.code_fingerprint(),
         "model": model_info,
-        "data": {"pool": task.pool_info.to_dict(), "lm_eval_task": task.lm_eval_name},
+        "data": {"pool": task.pool_info.to_dict(), "lm_eval_task": task.lm_eval_name, "variant": task.data_variant,
+                 "split_size": task.split_size},
         "seeds": {"seed": config["seed"], "eval_subset_seed": config["eval"]["subset_seed"]},
         "eval": {"limit": limit, "subset": "seeded" if limit else "all", "n": result.n,
                  "n_eval_split": len(task.eval_docs), "doc_ids": indices, **result.lm_eval_config},

@@ -85,3 +85,18 @@ def read_samples(folder: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def superseded(runs_dir: Path, config: dict, key: str) -> list[Path]:
+    """Finished records of this very cell (same config) under another key: made with other inputs."""
+    folder = cell_dir(runs_dir, config, key)
+    prefix = folder.name[: -len(key[:10])]
+    mine = identity(config)
+    out = []
+    for other in sorted(folder.parent.glob(prefix + "*")):
+        if other.name.endswith(".partial") or other == folder:
+            continue
+        record = read_record(other)
+        if record is not None and record.get("key") != key and identity(record.get("config", {})) == mine:
+            out.append(other)
+    return out

@@ -76,7 +76,9 @@ class Strategy(Protocol):
     def validate(self, settings) -> None:
         """Check the settings before any model is loaded or compute spent (raise HarnessError)."""
 
-    # Optional: `validate_cell(cfg)` checks what needs the whole cell (e.g. the target task).
+    # Optional: `validate_cell(cfg)` checks what needs the whole cell (e.g. the target task);
+    # `reads_tasks(cfg)` names other tasks (configs/task/) whose data the adaptation learns from: their
+    # data fingerprints then key the cell (DnD's library).
 
     def adapt(self, ctx: AdaptContext) -> Adaptation: ...
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from harness.errors import HarnessError
@@ -48,6 +48,18 @@ def load_lm_eval_task(lm_eval_name: str, overrides: dict | None = None):
     return manager._factory.build(entry, overrides=merged, registry=manager._index)
 
 
+def dataset_identity(task_cfg) -> tuple[str, str | None]:
+    """(dataset path, config name) a task config reads, from its lm-eval YAML and dataset options."""
+    manager = task_manager()
+    name = str(task_cfg.lm_eval_task)
+    if name not in manager.all_tasks:
+        raise HarnessError(f"lm-eval task {name!r} is not defined under {TASKS_DIR}: check task.lm_eval_task")
+    full = manager._factory._load_full_config(manager._entry(name), None)
+    kwargs = {**(full.get("dataset_kwargs") or {}), **dict(task_cfg.get("dataset_options") or {})}
+    path = kwargs.get("path") or full.get("dataset_path")
+    return str(path), kwargs.get("name") or full.get("dataset_name")
+
+
 def task_overrides(cfg) -> dict:
     """lm-eval config fields a Hydra task config changes: dataset options and sampling."""
     out: dict = {}
@@ -80,6 +92,8 @@ class TaskHandle:
     pool_info: PoolInfo
 
     chat_tokenizer: object = None  # set by use_chat: prompts are then rendered with its chat template
+    # The benchmark's standard form: field -> the variant's name when the scored rows lack that field.
+    standard_fields: dict = field(default_factory=dict)
 
     @classmethod
     def from_cfg(cls, cfg) -> "TaskHandle":
@@ -87,7 +101,22 @@ class TaskHandle:
         # A task with its own loader (LiveCodeBench) says how it split its data through `pool_info`.
         describe = getattr(task.config.custom_dataset, "pool_info", None) or pool_info_for
         info = describe(**dict(task.config.dataset_kwargs or {}))
-        return cls(cfg.name, cfg.lm_eval_task, str(cfg.description).strip(), task, info)
+        return cls(cfg.name, cfg.lm_eval_task, str(cfg.description).strip(), task, info,
+                   standard_fields=dict(cfg.get("standard_fields") or {}))
+
+    @property
+    def data_variant(self) -> str:
+        """How the scored data differs from the benchmark's standard form ("" when it does not)."""
+        docs = self.eval_docs
+        names = [variant for name, variant in self.standard_fields.items()
+                 if any(not str(d.get(name) or "").strip() for d in docs)]
+        return ", ".join(names)
+
+    @property
+    def split_size(self) -> int:
+        """Items of the evaluation split as published: the scored ones plus any pool carved out of it."""
+        info = self.pool_info
+        return info.n_eval + (len(info.carved_rows) if info.carved else 0)
 
     @property
     def generative(self) -> bool:

@@ -22,7 +22,7 @@ from baselines.dnd.encoder import ConditionEncoder
 from baselines.dnd.library import LibraryEntry
 from baselines.dnd.model import Generator
 from baselines.dnd.tokenizer import LoraTokenizer
-from harness import store
+from harness import provenance, store
 from harness.costs import PhaseCost, PhaseMeter
 from harness.errors import HarnessError
 from harness.tasks import TaskHandle
@@ -64,7 +64,8 @@ class TrainedGenerator:
 def generator_key(preset: GeneratorPreset, encoder: str, settings: MetaTrainSettings, bank: int,
                   library_keys: list[str]) -> str:
     identity = {"preset": asdict(preset), "encoder": encoder, "meta_train": asdict(settings), "bank": bank,
-                "library": sorted(library_keys)}
+                "library": sorted(library_keys),  # each library key covers the model, data and package versions
+                "code": provenance.code_fingerprint()["sha256"]}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 

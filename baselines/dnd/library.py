@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from harness import store
+from harness import provenance, store
 from harness.budget import Budget, TrainingBudget
 from harness.costs import PhaseCost, PhaseMeter
 from harness.errors import HarnessError
@@ -80,7 +80,8 @@ def task_handle(name: str) -> TaskHandle:
 def entry_key(model_cfg: dict, task: TaskHandle, settings: CollectSettings) -> str:
     model_cfg = {k: v for k, v in model_cfg.items() if k != "dnd_preset"}  # which generator reads it is not the LoRA's identity
     identity = {"model": model_cfg, "task": task.name, "lm_eval_task": task.lm_eval_name,
-                "data": task.pool_info.fingerprints, "collect": asdict(settings)}
+                "data": task.pool_info.fingerprints, "collect": asdict(settings),
+                "environment": provenance.environment(model_cfg)}  # code, package versions, the model's weights
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 

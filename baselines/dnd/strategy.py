@@ -26,6 +26,7 @@ from harness.costs import PhaseMeter
 from harness.errors import HarnessError
 from harness.settings import CONFIG_DIR
 from harness.strategy import AdaptContext, Adaptation, register_strategy
+from harness.tasks import dataset_identity
 from harness.trainer import LoraSettings, lora_param_count
 
 
@@ -81,10 +82,19 @@ class _LibraryStrategy:
             raise HarnessError("DnD: set strategy.library (tasks to learn from) or strategy.universe (leave-one-out)")
 
     def validate_cell(self, cfg) -> None:
-        """Checks that need the target: leakage, library size, known library tasks."""
+        """Checks that need the target: leakage (by dataset, not by name), library size, known library tasks."""
+        target = dataset_identity(cfg.task)
         for name in library_tasks(cfg.strategy, str(cfg.task.name)):
-            if not (CONFIG_DIR / "task" / f"{name}.yaml").is_file():
+            path = CONFIG_DIR / "task" / f"{name}.yaml"
+            if not path.is_file():
                 raise HarnessError(f"DnD library task {name!r} has no config in configs/task/")
+            if dataset_identity(OmegaConf.load(path)) == target:
+                raise HarnessError(f"DnD library task {name} reads the target's dataset {'/'.join(map(str, target))} "
+                                   f"(leakage): remove it from strategy.library")
+
+    def reads_tasks(self, cfg) -> list[str]:
+        """The library tasks whose data the adaptation learns from (their fingerprints key the cell)."""
+        return library_tasks(cfg.strategy, str(cfg.task.name))
 
     @staticmethod
     def _meta(settings) -> MetaTrainSettings:

@@ -31,7 +31,9 @@ only (no lm_head wrapper), and adapters that target other modules are refused.
 """
 from __future__ import annotations
 
+import copy
 import functools
+import hashlib
 import itertools
 import json
 import os
@@ -368,6 +370,11 @@ def generate_with_adapters(engine, prompts: list, adapters: list, sampling: dict
     return results
 
 
+def request_seed(seed: int, prompt_digest: str, nth: int) -> int:
+    """A sampled request's own seed: from the cell's seed, the prompt and which repeat of it this is."""
+    return int(hashlib.sha256(f"{seed}:{prompt_digest}:{nth}".encode()).hexdigest()[:8], 16)
+
+
 # ----------------------------------------------------------------------------- lm-eval
 
 def _lm_eval_vllm_module():
@@ -410,7 +417,7 @@ def vllm_lm_class():
                      tokenizer=None, max_gen_toks: int = 256, batch_size: int | str = "auto",
                      max_length: int | None = None, add_bos_token: bool | None = None,
                      prefix_token_id: int | None = None, truncation_side: str = "left",
-                     chat_template_args: dict | None = None, progress: bool = False):
+                     chat_template_args: dict | None = None, progress: bool = False, seed: int | None = None):
             TemplateLM.__init__(self)  # VLLM.__init__ would build a second engine: set its fields here
             model_config = engine.llm_engine.model_config
             self.model = engine
@@ -435,6 +442,8 @@ def vllm_lm_class():
             self.shape = replace(base, lora_params=adapter_lora_params(adapter_dir)) if adapter_dir else base
             self.meter = meter
             self.progress = progress
+            self.seed = seed
+            self._seen: dict[str, int] = {}  # prompt digest -> requests with that prompt so far (repeats)
             self.usage = Usage()
             if meter is not None:
                 meter.cost.details["vllm"] = {"engine": engine_info(engine), "adapter": self.lora_request and {
@@ -457,6 +466,16 @@ def vllm_lm_class():
 
             if not generate or sampling_params is None:  # loglikelihood: as lm-eval's VLLM does
                 sampling_params = SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False)
+            elif self.seed is not None:  # one seed per request: the cell's seed, its prompt, its repeat number
+                params = []
+                for r in requests:
+                    digest = hashlib.sha256(json.dumps(list(r)).encode()).hexdigest()
+                    nth = self._seen.get(digest, 0)
+                    self._seen[digest] = nth + 1
+                    p = copy.copy(sampling_params)
+                    p.seed = request_seed(self.seed, digest, nth)
+                    params.append(p)
+                sampling_params = params
             outputs = self.model.generate([TokensPrompt(prompt_token_ids=r) for r in requests],
                                           sampling_params=sampling_params, use_tqdm=self.progress,
                                           lora_request=self.lora_request)
@@ -475,13 +494,15 @@ def vllm_lm_class():
 
 
 def make_lm(model_dir: str, *, adapter_dir: str | None = None, engine_cfg=None, meter=None,
-            shape: ModelShape | None = None, tokenizer=None, progress: bool = False):
+            shape: ModelShape | None = None, tokenizer=None, progress: bool = False, seed: int | None = None):
     """The lm-eval model to pass to `lm_eval.evaluate(lm=...)`, on the process's cached engine.
 
     `engine_cfg` is configs/engine/vllm.yaml (or a dict of `get_engine` settings); `shape` is the base
     model's ModelShape (default: built from `model_dir`'s config); `tokenizer` defaults to vLLM's own.
+    `seed` (the cell's) seeds every sampled request on its own (`request_seed`), so samples do not depend
+    on the engine's history, on batching or on the order requests arrive in.
     """
     cfg = _plain(engine_cfg)
     engine = get_engine(str(model_dir), **engine_settings(cfg))
     return vllm_lm_class()(engine, adapter_dir=adapter_dir, meter=meter, shape=shape, tokenizer=tokenizer,
-                           max_gen_toks=int(cfg.get("max_gen_toks") or 256), progress=progress)
+                           max_gen_toks=int(cfg.get("max_gen_toks") or 256), progress=progress, seed=seed)

@@ -44,3 +44,22 @@ def _clean(text):
     text = text.strip().replace(" [title]", ". ")
     text = re.sub(r"\[.*?\]", "", text)
     return text.replace("  ", " ")
+
+
+# Gold answer texts, for the pool's leak check (harness/pools.py `answer`).
+def lettered_gold(doc):
+    """ARC, OpenBookQA: the choice whose letter is the answer key."""
+    choices = doc["choices"]
+    return choices["text"][choices["label"].index(str(doc["answerKey"]).strip())]
+
+
+def piqa_gold(doc):
+    return (doc["sol1"], doc["sol2"])[int(doc["label"])]
+
+
+def winogrande_option(doc):
+    return doc[f"option{doc['answer']}"]
+
+
+def hellaswag_gold(doc):
+    return doc["endings"][int(doc["label"])]

@@ -119,7 +119,7 @@ def budget_policy(budget: dict) -> str:
 
 
 def headline_metric(record: dict) -> str:
-    """The task's own score: `acc` for the commonsense tasks, exact_match for math, pass@1 for code."""
+    """The task's own score: `acc` (commonsense), exact_match (GSM8K), exact_match_lenient (MATH), pass@1 (code)."""
     task = (record.get("config") or {}).get("task")
     return str(task.get("metric") or "acc") if isinstance(task, dict) else "acc"
 

@@ -50,6 +50,7 @@ def test_gsm8k_reference_solutions_all_score():
     ("\\sqrt[3]8", "\\sqrt[3]{8}"),
     ("x = 5 \\text{ cm}", "5"),
     ("10,000", "10000"),
+    ("1,3", "1,3"),  # a list of integers, not 13
     ("\\$42", "42"),
     ("\\boxed{7}", "7"),
     ("\\left( 1, 2 \\right)", "\\left(1,2\\right)"),  # 'ft' inside \left survives
@@ -90,7 +91,11 @@ def test_math_reference_solutions_all_score():
     wrong = [i for i, r in enumerate(rows) if not math_equal(math_answer(r["solution"]), last_boxed(r["solution"]))]
     assert len(rows) == 5000 and wrong == []
     scored = math_utils.math_results(rows[0], [rows[0]["solution"]])
-    assert scored == {"exact_match": 1.0, "math_verify": 1.0}
+    # A solution ends in \boxed{}, not in Minerva's "Final Answer" sentence: lm-eval reads no answer.
+    assert scored == {"exact_match_lenient": 1.0, "exact_match_minerva": 0.0, "math_verify": 1.0}
+    minerva_style = rows[0]["solution"] + f"\nFinal Answer: The final answer is ${last_boxed(rows[0]['solution'])}$. " \
+        "I hope it is correct."
+    assert math_utils.math_results(rows[0], [minerva_style])["exact_match_minerva"] == 1.0
     sys.path.remove(str(Path(__file__).resolve().parents[1] / "tasks" / "math"))
     sys.modules.pop("utils", None)
 

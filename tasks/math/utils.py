@@ -1,5 +1,6 @@
 """Hooks for the math task YAMLs (lm-eval `!function` targets); the logic is in harness/answers.py."""
-from harness.answers import gsm8k_extract, gsm8k_gold, math_answer, math_equal, math_verify_outputs, last_boxed
+from harness.answers import (gsm8k_extract, gsm8k_gold, last_boxed, math_answer, math_equal, math_verify_outputs,
+                             minerva_exact_match, minerva_reference)
 from harness.errors import HarnessError
 from harness.pools import checked_loader
 
@@ -17,8 +18,9 @@ def _gsm8k_row(row):
 def _math_row(row):
     if not isinstance(row.get("problem"), str) or not row["problem"].strip():
         return "no problem text"
-    if last_boxed(str(row.get("solution", ""))) is None:
-        return "its solution has no \\boxed{} answer"
+    solution = str(row.get("solution", ""))
+    if last_boxed(solution) is None or minerva_reference(solution) is None:
+        return "its solution has no readable \\boxed{} answer"
     return None
 
 
@@ -36,10 +38,13 @@ def gsm8k_results(doc, results):
 
 
 def math_results(doc, results):
-    gold = last_boxed(doc.get("solution", ""))
-    if gold is None:
+    """exact_match_minerva: lm-eval 0.4.13 minerva_math's verdict; exact_match_lenient: ours (README, MATH)."""
+    solution = doc.get("solution", "")
+    gold = last_boxed(solution)
+    if gold is None or minerva_reference(solution) is None:
         raise HarnessError(f"math: row {doc.get('problem', '')[:60]!r} has no \\boxed answer in its solution; "
                            "fix the data file")
     output = results[0]
-    return {"exact_match": float(math_equal(math_answer(output), gold)),
-            "math_verify": float(math_verify_outputs(output, doc["solution"]))}
+    return {"exact_match_minerva": float(minerva_exact_match(output, solution)),
+            "exact_match_lenient": float(math_equal(math_answer(output), gold)),
+            "math_verify": float(math_verify_outputs(output, solution))}

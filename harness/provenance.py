@@ -135,12 +135,12 @@ STALE_INPUTS = ("code", "versions", "model", "data", "tasks", "strategy")
 def changes(recorded: dict | None, current: dict) -> list[str]:
     """Which inputs differ between a record's and the current ones ("code", "versions: torch", ...)."""
     recorded = recorded or {}
-    out = []
+    out, missing = [], []
     for name in STALE_INPUTS:
         if name not in current and name not in recorded:
             continue
         if name not in recorded:
-            out.append(f"{name}: not recorded (a record from before it was keyed)")
+            missing.append(name)
         elif recorded.get(name) != current.get(name):
             old, new = recorded.get(name), current.get(name)
             if isinstance(old, dict) and isinstance(new, dict):
@@ -148,6 +148,8 @@ def changes(recorded: dict | None, current: dict) -> list[str]:
                 out.append(f"{name}: {', '.join(map(str, keys))}")
             else:
                 out.append(name)
+    if missing:
+        out.append(f"not recorded: {', '.join(missing)} (a record from before they were keyed)")
     return out
 
 

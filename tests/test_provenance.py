@@ -62,7 +62,7 @@ def test_changes_name_what_moved():
     old = {"code": "a", "versions": {"torch": "2.1", "peft": "0.1"}, "data": {"x": "1"}}
     new = {"code": "b", "versions": {"torch": "2.2", "peft": "0.1"}, "data": {"x": "1"}, "model": {"m": 1}}
     assert provenance.changes(old, new) == ["code", "versions: torch",
-                                            "model: not recorded (a record from before it was keyed)"]
+                                            "not recorded: model (a record from before they were keyed)"]
     assert provenance.changes(new, new) == []
 
 
@@ -106,7 +106,7 @@ def test_a_changed_source_file_runs_the_same_cell_again(tmp_path, source_copy, m
     newer.write_text(json.dumps(data))
     main(["runs", "stale", str(runs)])
     listed = capsys.readouterr().out
-    assert "code: not recorded" in listed and str(newer.parent) in listed
+    assert "not recorded: code, versions, model" in listed and str(newer.parent) in listed
 
 
 @needs_data

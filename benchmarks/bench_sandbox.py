@@ -4,7 +4,9 @@
 
 Each program is prompt + canonical_solution + test + check(entry_point); all must pass ("ok"),
 failures are printed with their reasons. One row per worker count: wall time of the whole run_many
-call, programs/s, and mean per-program latency (each RunResult's wall_s). `--layer-cost` adds, at one
+call, programs/s, mean per-program latency (each RunResult's wall_s), and CPU per program: the CPU
+time of every process a run starts (boot, init, the program), from getrusage(RUSAGE_CHILDREN), which
+unlike wall time barely moves with the machine's load. `--layer-cost` adds, at one
 worker, the same set with every optional layer switched off (rlimits, session, scrubbed env and, as root,
 the uid drop stay)
 and a bare `python -S main.py` subprocess per program (the floor: one interpreter start, no boot),
@@ -19,6 +21,7 @@ import argparse
 import gzip
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -53,20 +56,26 @@ def program(problem: dict) -> str:
             + f"check({problem['entry_point']})\n")
 
 
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_sandbox(programs: list[str], workers: int, disable: frozenset[str] = frozenset()) -> dict:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), children_cpu_s()
     results = run_many_sandboxed([{"source": p} for p in programs], limits=Limits(), workers=workers,
                                  disable=disable)
     wall = time.perf_counter() - start
     failures = [(i, r.status, r.reason) for i, r in enumerate(results) if not r.passed]
     return {"wall": wall, "passed": len(results) - len(failures), "failures": failures,
-            "latency_ms": 1000 * statistics.mean(r.wall_s for r in results)}
+            "latency_ms": 1000 * statistics.mean(r.wall_s for r in results),
+            "cpu_ms": 1000 * (children_cpu_s() - cpu) / len(programs)}
 
 
 def run_bare(programs: list[str]) -> dict:
     """No sandbox at all: one `python -S -s -B -X utf8 main.py` per program, in a temp dir (the floor)."""
     latencies, passed = [], 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), children_cpu_s()
     for source in programs:
         with tempfile.TemporaryDirectory() as workdir:
             Path(workdir, "main.py").write_text(source)
@@ -76,7 +85,7 @@ def run_bare(programs: list[str]) -> dict:
             latencies.append(time.perf_counter() - t)
             passed += done.returncode == 0
     return {"wall": time.perf_counter() - start, "passed": passed, "failures": [],
-            "latency_ms": 1000 * statistics.mean(latencies)}
+            "latency_ms": 1000 * statistics.mean(latencies), "cpu_ms": 1000 * (children_cpu_s() - cpu) / len(programs)}
 
 
 def main() -> None:
@@ -102,16 +111,17 @@ def main() -> None:
         for name, workers, measure in configs:
             runs[name, workers].append(measure())
 
-    print("| run | workers | programs | passed | wall s | programs/s | mean latency ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| run | workers | programs | passed | wall s | programs/s | mean latency ms | CPU ms per program |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     median = {}
     for (name, workers), results in runs.items():
         wall = statistics.median(r["wall"] for r in results)
         latency = statistics.median(r["latency_ms"] for r in results)
+        cpu = statistics.median(r["cpu_ms"] for r in results)
         median[name, workers] = latency
         passed = min(r["passed"] for r in results)
         print(f"| {name} | {workers} | {len(programs)} | {passed} | {wall:.1f} | {len(programs) / wall:.1f} | "
-              f"{latency:.0f} |")
+              f"{latency:.0f} | {cpu:.1f} |")
     if args.layer_cost:
         full, off, bare = (median[label, 1] for label in ("sandbox, all layers", "sandbox, optional layers off",
                                                           "bare subprocess, no sandbox"))

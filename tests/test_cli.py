@@ -81,6 +81,7 @@ def test_budget_smaller_than_one_training_step(capsys, runs):
     ("engine.batch_size=0", "engine.batch_size must be >= 1"),
     ("strategy=base,icl", "add -m to sweep"),
     ("budget.one_off=sometimes", "one_off must be one of amortized, whole, excluded (got 'sometimes')"),
+    ("task=livecodebench task.grading=strict", "unknown grading mode 'strict'"),
 ])
 def test_bad_values_are_one_line_errors(capsys, runs, override, expected):
     code, _, err = run_cli(capsys, "run", "model=tiny-random", "task=arc_easy", *override.split())

@@ -70,12 +70,15 @@ def test_mbpp_program_puts_setup_and_imports_before_the_asserts():
 
 @needs_data
 def test_humaneval_canonical_solutions_all_pass_in_the_sandbox():
-    from harness.codeeval import grade_programs
+    from harness.codeeval import TIMEOUT_S, grade_programs
 
     rows = _rows("openai", "openai_humaneval", "openai_humaneval", "test.jsonl")
     grades = grade_programs([humaneval_program(r, r["canonical_solution"]) for r in rows])
     failed = [(r["task_id"], g["status"], g["reason"]) for r, g in zip(rows, grades) if not g["passed"]]
     assert len(rows) == 164 and failed == []
+    # Far from the limit (the slowest, HumanEval/75, needs ~0.2 s of CPU), and CPU time does not grow
+    # with the machine's load: the verdicts cannot flip on a busy machine.
+    assert max(g["cpu_s"] for g in grades) < TIMEOUT_S / 3
 
 
 @needs_data
@@ -94,21 +97,29 @@ def test_humaneval_wrong_and_hostile_completions_fail_with_their_reason():
     assert grades[3]["status"] == "error" and "ValueError" in grades[3]["reason"]
 
 
-# Sanitized task 123's reference sums divisors by brute force up to 9999: 5-10 s of CPU on these
-# machines, beyond the 6 s limit on a slow or busy one. It may fail only by running out of time.
-MBPP_SLOW_REFERENCES = {"full": set(), "sanitized": {123}}
+# References that need more CPU than the benchmark's limit (3 s, harness/codeeval.py) fail under it, as
+# they would under lm-eval's grader: the limit stays the benchmark's. Task 123's reference sums divisors by
+# brute force up to 9999, about 4.5 s of CPU here in either config. Time must be all it lacks.
+MBPP_SLOW_REFERENCES = {"full": {123}, "sanitized": {123}}
 
 
 @needs_data
 @pytest.mark.parametrize("config", ["full", "sanitized"])
 def test_mbpp_reference_solutions_pass_their_tests(config):
-    from harness.codeeval import grade_programs
+    """Verdicts on CPU time: the same on an idle machine and on one at load 4 (see the README)."""
+    from harness.codeeval import TIMEOUT_S, grade_programs
+    from harness.sandbox import cpu_time_limits
 
     rows = _rows("google-research-datasets", "mbpp", config, "test.jsonl")
     grades = grade_programs([mbpp_program(r, r["code"]) for r in rows])
     failed = {r["task_id"]: g for r, g in zip(rows, grades) if not g["passed"]}
-    assert set(failed) <= MBPP_SLOW_REFERENCES[config], failed
-    assert all(g["status"] in ("timeout", "cpu_limit") for g in failed.values()), failed
+    assert set(failed) == MBPP_SLOW_REFERENCES[config], failed
+    # Stopped by the CPU timer (the kernel's tick-based CPU clock may read a few ms off the exit's count)
+    assert all(g["status"] == "cpu_limit" and g["cpu_s"] > 0.95 * TIMEOUT_S for g in failed.values()), failed
+    assert max(g["cpu_s"] for g in grades if g["passed"]) < TIMEOUT_S / 3  # the others are far from it
+    slow = [r for r in rows if r["task_id"] in failed]
+    given_time = grade_programs([mbpp_program(r, r["code"]) for r in slow], limits=cpu_time_limits(60))
+    assert [g["status"] for g in given_time] == ["ok"] * len(slow), given_time
 
 
 @needs_data

@@ -2,6 +2,7 @@
 the lm-eval hooks, all on the hand-written fixtures in tests/fixtures/livecodebench."""
 import base64
 import datetime
+import decimal
 import importlib.util
 import json
 import os
@@ -123,6 +124,7 @@ def test_documents_carry_a_key_to_their_private_tests(fixture_data):
     raw = rows_by_id()
     for doc in pool + evaluated:
         assert "private_test_cases" not in doc and doc["grading_timeout_s"] == lcb.DEFAULT_TIMEOUT_S
+        assert doc["grading_mode"] == "lcb_runner"
         assert {k: doc[k] for k in lcb.FIELDS if k != "private_test_cases"} == \
             {k: raw[doc["question_id"]][k] for k in lcb.FIELDS if k != "private_test_cases"}
         assert lcb.parse_problem(doc) == lcb.parse_problem(raw[doc["question_id"]])
@@ -168,6 +170,7 @@ def test_fingerprints_follow_the_data_and_the_selection(mirror):
     ({"name": "release_v6"}, "not used"),
     ({"release_version": "release_v9"}, "release_version"),
     ({"relase_version": "v1"}, "unknown dataset option"),
+    ({"grading": "strict"}, "unknown grading mode 'strict': set task.grading=lcb_runner"),
 ])
 def test_bad_options_are_one_line_errors(fixture_data, kwargs, message):
     with pytest.raises(HarnessError, match=message) as err:
@@ -232,6 +235,32 @@ def test_a_malformed_row_names_task_file_and_row(mirror, row_index, edit, messag
     text = str(err.value)
     assert text.startswith("livecodebench: malformed row in test2.jsonl, row ") and "\n" not in text
     assert f"row {row_index + 1} " in text and "re-download" in text
+
+
+def _with_digits(digits: int):
+    """Edit: the first public test of a functional row expects an integer of `digits` digits."""
+    def edit(row):
+        tests = json.loads(row["public_test_cases"])
+        tests[0]["output"] = "7" * digits
+        row["public_test_cases"] = json.dumps(tests)
+    return edit
+
+
+@pytest.mark.parametrize("digits", [5000, 60_000])
+def test_a_row_with_a_huge_integer_loads_and_fails_only_as_lcb_runner_does(mirror, digits):
+    # Python refuses int<->str conversions over 4,300 digits; lcb_runner raises that to 50,000. A longer
+    # integer does not stop the release loading: no sample can pass it, as in lcb_runner.
+    path = mirror / "test2.jsonl"
+    path.write_text("\n".join(_mutate(0)(_with_digits(digits))(path.read_text().splitlines())) + "\n")
+    pool, evaluated, _ = lcb.build_splits(release_version="v2")
+    problem = lcb.parse_problem(next(d for d in pool + evaluated if d["question_id"] == "9002"))
+    code = "class Solution:\n    def countPairs(self, nums, target):\n        return int('7' * %d)\n" % digits
+    for grading in lcb.GRADING_MODES:
+        grade = lcb.grade(problem, code, TIMEOUT_S, grading)
+        if digits <= lcb.INT_MAX_STR_DIGITS:  # the first test now passes; the second still expects 1 pair
+            assert (grade["status"], grade["test_index"]) == ("wrong_answer", 1), grade
+        else:
+            assert (grade["status"], grade["lcb_error_code"], grade["test_index"]) == ("runtime_error", -4, 0), grade
 
 
 # ------------------------------------------------------------------------------ private tests and the unpickler
@@ -310,10 +339,24 @@ def test_only_a_json_string_or_plain_list_is_accepted(value, message):
     ("", "", True), ("", "0", False),
 ])
 def test_stdout_matches_line_by_line_with_exact_decimals(got, expected, same):
+    from harness import lcb_judge
+
     why = lcb.compare_stdout(got, expected)
     assert (why is None) == same, why
     if not same:
         assert "\n" not in why
+    if got == "sNaN":  # lcb_runner's comparison raises on a signalling NaN (a -4 for the whole sample)
+        with pytest.raises(decimal.InvalidOperation):
+            lcb_judge.compare_output(got, expected)
+    else:  # the judge of grading=lcb_runner applies the same rule
+        assert (lcb_judge.compare_output(got, expected) is None) == same
+
+
+def test_code_is_taken_from_an_answer_as_lcb_runner_takes_it():
+    assert lcb.extract_code_lcb("Here:\n```python\nx = 1\n```\nThen:\n```python\ny = 2\n```\nDone.") == "y = 2"
+    assert lcb.extract_code_lcb("```python\nunterminated = True") == ""  # fewer than two fence lines
+    assert lcb.extract_code_lcb("print(1)") == ""
+    assert lcb.extract_code_lcb("text ```python\nz = 3\n``` text") == "z = 3"  # fences anywhere in a line
 
 
 # ------------------------------------------------------------------------------ grading in the sandbox
@@ -332,26 +375,31 @@ EXPECTED = {"correct": "passed", "tuple": "passed", "wrong": "wrong_answer", "pu
 
 @pytest.fixture(scope="module")
 def fixture_grades():
-    """Every fixture solution graded once, all at a time (most of the wait is the slow ones' timeouts)."""
+    """Every fixture solution graded once in each mode, all at a time (the slow ones wait for their limits)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    jobs = [(qid, kind) for qid in SOLUTIONS for kind in SOLUTIONS[qid]]
+    jobs = [(qid, kind, grading) for qid in SOLUTIONS for kind in SOLUTIONS[qid] for grading in lcb.GRADING_MODES]
     with ThreadPoolExecutor(max_workers=12) as pool:
-        grades = pool.map(lambda job: lcb.grade(_problem(job[0]), SOLUTIONS[job[0]][job[1]], TIMEOUT_S), jobs)
+        grades = pool.map(lambda job: lcb.grade(_problem(job[0]), SOLUTIONS[job[0]][job[1]], TIMEOUT_S, job[2]),
+                          jobs)
         return dict(zip(jobs, grades))
 
 
 @needs_sandbox
+@pytest.mark.parametrize("grading", lcb.GRADING_MODES)
 @pytest.mark.parametrize("qid", list(SOLUTIONS))
-def test_fixture_solutions_grade_as_intended(qid, fixture_grades):
+def test_fixture_solutions_grade_as_intended(qid, grading, fixture_grades):
     problem = _problem(qid)
     n_public = sum(not t.private for t in problem.tests)
     for kind in SOLUTIONS[qid]:
-        grade = fixture_grades[qid, kind]
+        grade = fixture_grades[qid, kind, grading]
         assert grade["status"] == EXPECTED[kind], (kind, grade)
-        assert grade["passed"] == (EXPECTED[kind] == "passed")
+        assert grade["passed"] == (EXPECTED[kind] == "passed") and grade["grading"] == grading
         assert grade["n_tests"] == len(problem.tests) and "\n" not in grade["reason"]
-        assert grade["lcb_error_code"] == {"passed": None, "wrong_answer": -2, "timeout": -3}.get(grade["status"], -4)
+        code = {"passed": None, "wrong_answer": -2, "timeout": -3}.get(grade["status"], -4)
+        if grading == "lcb_runner" and kind == "slow" and grade["lcb_error_code"] == -5:
+            code = -5  # stuck in one C call (1950_B's sum(range(n))): lcb_runner's whole-sample limit ends it
+        assert grade["lcb_error_code"] == code
         if kind == "wrong":  # fails on a public test
             assert grade["test_index"] < n_public and "(public)" in grade["reason"]
         if kind == "public_only":  # right on every public test, caught by a private one
@@ -360,24 +408,34 @@ def test_fixture_solutions_grade_as_intended(qid, fixture_grades):
             assert f"over the {TIMEOUT_S:g} s limit" in grade["reason"]
         if grade["passed"]:
             assert grade["test_index"] is None and grade["reason"] == f"passed all {len(problem.tests)} tests"
+            assert 0 <= grade["cpu_s"] < TIMEOUT_S
+        if grading == "lcb_runner" and code != -5:  # lcb_runner's per-test list: True per test passed, then the code
+            passed = [True] * (grade["test_index"] if grade["test_index"] is not None else len(problem.tests))
+            failure = [] if grade["passed"] else [False if grade["status"] == "wrong_answer" and problem.func_name
+                                                  else grade["lcb_error_code"]]
+            assert grade["lcb_results"] == passed + failure
+        elif grading == "lcb_runner":
+            assert grade["lcb_results"] == [-2]  # how lcb_runner records a process that died
 
 
 @needs_sandbox
-def test_runtime_errors_and_compile_errors_say_what_happened():
+@pytest.mark.parametrize("grading", lcb.GRADING_MODES)
+def test_runtime_errors_and_compile_errors_say_what_happened(grading):
     gap, avg = _problem("9001"), _problem("abc901_a")
-    crash = lcb.grade(gap, SOLUTIONS["9001"]["crash"], TIMEOUT_S)
+    crash = lcb.grade(gap, SOLUTIONS["9001"]["crash"], TIMEOUT_S, grading)
     assert crash["test_index"] == 0 and "IndexError" in crash["reason"]
-    broken = lcb.grade(avg, "n = int(input(\nprint(n)\n", TIMEOUT_S)
+    broken = lcb.grade(avg, "n = int(input(\nprint(n)\n", TIMEOUT_S, grading)
     assert broken["status"] == "compile_error" and broken["test_index"] == 0 and "SyntaxError" in broken["reason"]
     assert broken["lcb_error_code"] == -4  # parsed in the sandbox, never in the harness process
-    missing = lcb.grade(gap, "class Solution:\n    def other(self, nums):\n        return 0\n", TIMEOUT_S)
+    missing = lcb.grade(gap, "class Solution:\n    def other(self, nums):\n        return 0\n", TIMEOUT_S, grading)
     assert missing["status"] == "runtime_error" and "no method Solution.largestGap" in missing["reason"]
-    hungry = lcb.grade(avg, "x = bytearray(8 * 2**30)\n", TIMEOUT_S)  # past the sandbox's memory limit
+    hungry = lcb.grade(avg, "x = bytearray(8 * 2**30)\n", TIMEOUT_S, grading)  # past the sandbox's memory limit
     assert hungry["status"] == "memory_limit" and hungry["lcb_error_code"] == -4
 
 
 @needs_sandbox
-def test_lcb_conventions_prints_exit_codes_and_plain_functions():
+@pytest.mark.parametrize("grading", lcb.GRADING_MODES)
+def test_lcb_conventions_prints_exit_codes_and_plain_functions(grading):
     gap, avg = _problem("9001"), _problem("abc901_a")
     chatty = SOLUTIONS["9001"]["correct"].replace("return max", "print('debugging' * 10**6); return max")
     exits = SOLUTIONS["abc901_a"]["correct"] + "exit(3)\n"  # LCB ignores how a program exits
@@ -386,11 +444,58 @@ def test_lcb_conventions_prints_exit_codes_and_plain_functions():
                                            SOLUTIONS["abc901_a"]["correct"].splitlines()) + \
                  "if __name__ == '__main__':\n    main()\n"
     programs = [(gap, chatty), (avg, exits), (gap, plain), (avg, main_guard)]
-    if importlib.util.find_spec("numpy"):  # LCB compares numpy values equal to plain ones
-        programs.append((_problem("9003"), "import numpy as np\nclass Solution:\n    def prefixMaxima(self, nums):\n"
-                                           "        return np.maximum.accumulate(np.array(nums))\n"))
-    grades = [lcb.grade(problem, code, TIMEOUT_S + 1) for problem, code in programs]
+    grades = [lcb.grade(problem, code, TIMEOUT_S + 1, grading) for problem, code in programs]
     assert [g["status"] for g in grades] == ["passed"] * len(programs), grades
+
+
+@needs_sandbox
+@pytest.mark.skipif(not importlib.util.find_spec("numpy"), reason="numpy is not installed")
+def test_numpy_results_pass_only_the_fair_judge():
+    numpy_answer = ("import numpy as np\nclass Solution:\n    def prefixMaxima(self, nums):\n"
+                    "        return np.maximum.accumulate(np.array(nums))\n")
+    fair = lcb.grade(_problem("9003"), numpy_answer, TIMEOUT_S + 1, "fair")
+    runner = lcb.grade(_problem("9003"), numpy_answer, TIMEOUT_S + 1, "lcb_runner")
+    assert fair["status"] == "passed"  # compared by value, through JSON
+    # lcb_runner: `array == list` is an array, whose truth value raises: a runtime error after a True
+    assert (runner["status"], runner["lcb_results"], runner["lcb_error_code"]) == ("runtime_error", [True, -4], -4)
+
+
+@needs_sandbox
+def test_state_carries_across_tests_only_under_lcb_runner():
+    counter = ("class Solution:\n    def prefixMaxima(self, nums):\n"
+               "        self.calls = getattr(self, 'calls', 0) + 1\n"
+               "        return list(accumulate(nums, max)) if self.calls == 1 else []\n")
+    assert lcb.grade(_problem("9003"), counter, TIMEOUT_S, "fair")["status"] == "passed"  # a fresh Solution each
+    runner = lcb.grade(_problem("9003"), counter, TIMEOUT_S, "lcb_runner")  # one Solution for every test
+    assert (runner["status"], runner["test_index"], runner["lcb_results"]) == ("wrong_answer", 1, [True, False])
+
+
+@needs_sandbox
+@pytest.mark.parametrize("grading", lcb.GRADING_MODES)
+def test_time_limits_count_cpu_seconds_of_the_solution(grading):
+    avg = _problem("abc901_a")
+    read = "n = int(input())\na = list(map(int, input().split()))\n"
+    spin = lcb.grade(avg, read + "while True:\n    pass\n", TIMEOUT_S, grading)
+    assert spin["status"] == "timeout" and TIMEOUT_S * 0.9 <= spin["cpu_s"] < TIMEOUT_S + 0.5, spin
+    # Waiting is not computing: 1.5 s asleep passes a 1 s limit (lcb_runner's wall-clock alarm would
+    # fail it; a deliberate difference). Sleeping past the wall clock of 5 x 1 + 5 s is a timeout.
+    nap = lcb.grade(avg, "import time\ntime.sleep(1.5)\n" + SOLUTIONS["abc901_a"]["correct"], TIMEOUT_S, grading)
+    assert nap["status"] == "passed" and nap["wall_s"] > 1.5, nap
+    asleep = lcb.grade(avg, "import time\ntime.sleep(60)\n", TIMEOUT_S, grading)
+    assert asleep["status"] == "timeout" and 10 <= asleep["wall_s"] < 30 and asleep["test_index"] == 0, asleep
+
+
+@needs_sandbox
+def test_a_process_that_dies_is_lcb_runners_test_runner_error():
+    gap = _problem("9001")
+    died = lcb.grade(gap, SOLUTIONS["9001"]["correct"].replace("return max", "exit(0); return max"),
+                     TIMEOUT_S, "lcb_runner")
+    assert (died["status"], died["lcb_error_code"], died["lcb_results"]) == ("runtime_error", -5, [-2])
+    assert "SystemExit" in died["reason"] and died["test_index"] == 0
+    # One long C call never lets the timer's exception in: the per-test CPU cap ends the process.
+    stuck = lcb.grade(gap, "class Solution:\n    def largestGap(self, nums):\n        return sum(range(10**12))\n",
+                      TIMEOUT_S, "lcb_runner")
+    assert (stuck["status"], stuck["lcb_error_code"]) == ("timeout", -5) and stuck["cpu_s"] < 2 * TIMEOUT_S + 3
 
 
 # ------------------------------------------------------------------------------ lm-eval hooks
@@ -424,20 +529,30 @@ def test_prompts_and_demonstration_targets(fixture_data, lcb_utils):
 
 
 @needs_sandbox
-def test_process_results_grades_every_sample(fixture_data, lcb_utils):
+@pytest.mark.parametrize("grading", lcb.GRADING_MODES)
+def test_process_results_grades_every_sample(fixture_data, lcb_utils, grading):
     from harness.codeeval import GRADES
 
-    evaluated, _ = _docs(lcb_utils)
+    evaluated, _ = _docs(lcb_utils, grading=grading)
     doc = evaluated["9003"]
+    assert doc["grading_mode"] == grading
     right = SOLUTIONS["9003"]["correct"]
     fenced = f"Keep a running maximum.\n```python\n{right}```\nIt runs in O(n)."
     wrong = "```python\n" + SOLUTIONS["9003"]["wrong"] + "```"
     metrics = lcb_utils.process_results(doc, [[fenced, right, wrong]])  # the keep-all filter's shape
-    assert metrics == {"pass@1": pytest.approx(2 / 3)}
     grades = GRADES.take(doc)
-    assert [g["status"] for g in grades] == ["passed", "passed", "wrong_answer"]
-    assert grades[2]["reason"].startswith("test 1 of 4 (public): expected '[1, 3, 3, 5]'")
-    single = lcb_utils.process_results(evaluated["1950_B"], [[SOLUTIONS["1950_B"]["public_only"]]])
+    assert {g["grading"] for g in grades} == {grading}
+    if grading == "fair":  # the bare answer is code too
+        assert metrics == {"pass@1": pytest.approx(2 / 3)}
+        assert [g["status"] for g in grades] == ["passed", "passed", "wrong_answer"]
+        assert grades[2]["reason"].startswith("test 1 of 4 (public): expected '[1, 3, 3, 5]'")
+    else:  # lcb_runner takes nothing from an answer without two fence lines
+        assert metrics == {"pass@1": pytest.approx(1 / 3)}
+        assert [g["status"] for g in grades] == ["passed", "runtime_error", "wrong_answer"]
+        assert grades[2]["reason"].startswith("test 1 of 4 (public): expected [1, 3, 3, 5], got [")
+        assert grades[2]["lcb_results"] == [False]
+    answer = "```python\n" + SOLUTIONS["1950_B"]["public_only"] + "```"
+    single = lcb_utils.process_results(evaluated["1950_B"], [[answer]])
     assert single == {"pass@1": 0.0}  # take_first's shape: one bare string
     assert "(private)" in GRADES.take(evaluated["1950_B"])[0]["reason"]
 
@@ -449,7 +564,7 @@ def test_the_yaml_task_under_lm_eval(fixture_data):
     task = manager.load(["harness_livecodebench"])["tasks"]["harness_livecodebench"]
     cfg = task.config
     assert cfg.output_type == "generate_until" and cfg.repeats == 1 and cfg.unsafe_code
-    assert cfg.dataset_kwargs["release_version"] == "release_v6"
+    assert cfg.dataset_kwargs["release_version"] == "release_v6" and cfg.dataset_kwargs["grading"] == "lcb_runner"
     assert not any("```" in stop for stop in cfg.generation_kwargs["until"])
     assert cfg.generation_kwargs["max_gen_toks"] == 2000 and cfg.generation_kwargs["do_sample"] is False
     evaluated, pool = list(task.test_docs()), list(task.training_docs())
@@ -500,3 +615,27 @@ def test_lm_eval_hands_all_repeats_to_process_results(fixture_data):
     for sample in out["samples"]["harness_livecodebench"]:
         grades = GRADES.take(sample["doc"])
         assert [g["status"] for g in grades] == ["passed", "passed", "wrong_answer"]
+
+
+@pytest.mark.parametrize("grading", [None, "fair"])
+def test_the_grading_mode_is_a_task_option_named_in_the_record(fixture_data, grading):
+    from conftest import compose
+    from harness.tasks import TaskHandle
+
+    overrides = ["task=livecodebench", "task.dataset_options.start_date=2024-06-01"]
+    handle = TaskHandle.from_cfg(compose(*overrides, *([f"task.grading={grading}"] if grading else [])).task)
+    assert handle.pool_info.to_dict()["grading"] == (grading or "lcb_runner")  # record.data.pool
+    assert {d["grading_mode"] for d in handle.eval_docs + handle.pool_docs} == {grading or "lcb_runner"}
+
+
+def test_an_unknown_grading_mode_is_a_one_line_error(fixture_data, capsys, tmp_path, monkeypatch):
+    from harness.cli import main
+
+    monkeypatch.setenv("HARNESS_RUNS_DIR", str(tmp_path / "runs"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "model=tiny-random", "task=livecodebench", "strategy=base", "task.grading=strict"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert exit_.value.code == 2 and errors == [
+        "error: livecodebench: unknown grading mode 'strict': set task.grading=lcb_runner (lcb_runner's verdicts, "
+        "quirks included) or task.grading=fair (each test in a fresh process)"]
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("record.json"))

@@ -12,13 +12,15 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 
-from harness.sandbox import LAYERS, Limits, protections, run_many, run_python
+from harness.sandbox import LAYERS, Limits, cpu_time_limits, protections, run_many, run_python
 from harness.sandbox.classify import classify
 from harness.sandbox.runner import run_sandboxed
 
@@ -377,6 +379,47 @@ def test_timeout_keeps_output_written_before_it():
     assert result.reason == "wall-clock limit of 1 s exceeded"
 
 
+# -- time: the program's own CPU seconds -------------------------------------------------------------
+
+SPIN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end:\n    pass\n"
+
+
+def test_cpu_time_is_the_programs_own_from_its_first_line():
+    quick = run_python("print('hi')")
+    assert quick.status == "ok" and 0 <= quick.cpu_s < 0.1  # interpreter start-up is not counted
+    spun = run_python(SPIN.format(seconds=0.3) + "print('done')", limits=cpu_time_limits(1.0))
+    assert (spun.status, spun.stdout) == ("ok", "done\n") and 0.3 <= spun.cpu_s < 0.45
+    over = run_python("while True:\n    pass\n", limits=cpu_time_limits(1.0))
+    assert over.status == "cpu_limit" and over.returncode == -signal.SIGPROF and 0.95 <= over.cpu_s < 1.2
+    assert over.reason.startswith("CPU-time limit of 1 s exceeded")
+
+
+def test_a_busy_machine_does_not_change_the_verdict():
+    # 0.6 s of CPU against a 1 s limit, while 4 spinning processes share the cores with it: its wall
+    # time may pass 1 s, its CPU time does not.
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4)]
+    try:
+        result = run_python(SPIN.format(seconds=0.6) + "print('done')", limits=cpu_time_limits(1.0))
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert (result.status, result.stdout) == ("ok", "done\n") and 0.6 <= result.cpu_s < 0.8, result
+
+
+def test_cpu_time_of_children_counts_and_waiting_does_not():
+    forks = ("import os\nfor _ in range(2):\n    if os.fork() == 0:\n" + "".join(
+        "        " + line + "\n" for line in SPIN.format(seconds=0.6).splitlines()) + "        os._exit(0)\n"
+        "os.wait()\nos.wait()\nprint('children done')\n")
+    result = run_python(forks, limits=cpu_time_limits(1.0))  # each child stays under 1 s, together they do not
+    assert result.status == "cpu_limit" and result.returncode == 0 and result.cpu_s >= 1.2, result
+    nap = run_python("import time\ntime.sleep(1.5)\nprint('rested')", limits=cpu_time_limits(0.5))
+    assert (nap.status, nap.stdout) == ("ok", "rested\n") and nap.cpu_s < 0.1
+    asleep = run_python("import time\ntime.sleep(60)", limits=cpu_time_limits(0.2))  # the wall-clock backstop
+    assert asleep.status == "timeout" and asleep.reason == "wall-clock limit of 6 s exceeded"
+    assert cpu_time_limits(3.0).wall_s == 20.0 and cpu_time_limits(6).cpu_s == 6.0
+
+
 def test_run_many_keeps_order_and_runs_concurrently():
     # Each job prints when it ran; sleeping jobs on 2 workers must overlap, whatever the machine's load.
     jobs = [{"source": f"import sys, time\nstart = time.time()\ntime.sleep({0.5 if i % 2 else 0.1})\n"
@@ -406,6 +449,10 @@ def test_required_layers_present():
 
 @pytest.mark.parametrize("report, stderr, expected", [
     ({"exit": signal.SIGKILL, "cpu_s": 2.0}, "", "cpu_limit"),      # the hard RLIMIT_CPU
+    ({"exit": signal.SIGPROF, "cpu_s": 2.05, "start_cpu_s": 0.05}, "", "cpu_limit"),  # the prelude's timer
+    ({"exit": 0, "cpu_s": 2.5, "start_cpu_s": 0.05}, "", "cpu_limit"),  # exited, but over (children's CPU)
+    ({"exit": 0, "cpu_s": 2.04, "start_cpu_s": 0.05}, "", "ok"),  # start-up is not the program's
+
     ({"exit": signal.SIGKILL, "cpu_s": 0.1}, "", "signal"),
     ({"exit": signal.SIGABRT}, "Fatal Python error: MemoryError", "memory_limit"),
     ({"exit": 1 << 8}, "Traceback (most recent call last):\n  File x\nOSError: [Errno 101] Network is unreachable",

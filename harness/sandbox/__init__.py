@@ -7,6 +7,6 @@
 Every protection layer is detected at run time and reported per run (`RunResult.protections`) and per
 machine (`protections()`); README.md in this directory says what each layer does and does not stop.
 """
-from harness.sandbox.runner import LAYERS, Limits, RunResult, protections, run_many, run_python
+from harness.sandbox.runner import LAYERS, Limits, RunResult, cpu_time_limits, protections, run_many, run_python
 
-__all__ = ["LAYERS", "Limits", "RunResult", "protections", "run_many", "run_python"]
+__all__ = ["LAYERS", "Limits", "RunResult", "cpu_time_limits", "protections", "run_many", "run_python"]

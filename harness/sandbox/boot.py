@@ -184,7 +184,8 @@ class Boot:
             report(self.status, layers=layers)
             os.closerange(3, self.status)
             os.closerange(self.status + 1, 1 << 16)
-            os.execve(sys.executable, argv, os.environ)  # status_fd is close-on-exec
+            os.set_inheritable(self.status, True)  # for the prelude's one report; it closes it before main.py
+            os.execve(sys.executable, argv, os.environ)
         except BaseException as e:  # noqa: BLE001 - anything here is our failure, not the program's
             report(self.status, error=f"program setup failed: {type(e).__name__}: {e}")
         os._exit(127)
@@ -199,7 +200,8 @@ class Boot:
                                            ("writes", "landlock_fs" not in layers)) if missing]
         guarded = bool(weak) and "audit_hook" not in self.off
         guard = ",".join(weak) if guarded else "-"
-        return [sys.executable, "-S", "-s", "-B", "-X", "utf8", "-c", self.prelude, guard, self.cfg["site"],
+        clock = f"{self.status}:{self.cfg['cpu_s']!r}"
+        return [sys.executable, "-S", "-s", "-B", "-X", "utf8", "-c", self.prelude, guard, self.cfg["site"], clock,
                 "main.py", *self.cfg["argv"]], guarded
 
     def landlock_rules(self) -> list[tuple[str, int]]:
@@ -214,8 +216,10 @@ class Boot:
 
     def set_limits(self) -> list[str]:
         cfg = self.cfg
-        cpu = max(1, math.ceil(cfg["cpu_s"]))
-        limits = [(resource.RLIMIT_CPU, cpu, cpu + 1),  # SIGXCPU at the soft limit, SIGKILL a second later
+        # The prelude's timer stops the program at cpu_s of its own CPU. RLIMIT_CPU counts from the fork and
+        # binds every process of the program: SIGXCPU a second beyond, SIGKILL a second after that.
+        cpu = math.ceil(cfg["cpu_s"]) + 1
+        limits = [(resource.RLIMIT_CPU, cpu, cpu + 1),
                   (resource.RLIMIT_FSIZE, cfg["fsize_mb"] << 20, None), (resource.RLIMIT_CORE, 0, None),
                   (resource.RLIMIT_NOFILE, cfg["nofile"], None)]
         if hasattr(resource, "RLIMIT_AS"):

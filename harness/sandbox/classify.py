@@ -35,10 +35,14 @@ def classify(report: dict, stderr: str, *, wall_s: float, cpu_s: float,
             return "timeout", f"wall-clock limit of {wall_s:g} s exceeded", None
         return "sandbox_error", f"the sandbox ended without a result ({report.get('stopped', 'no report')})", None
     last = last_error_line(stderr)
+    used = program_cpu_s(report)
+    cpu_signal = -returncode in (signal.SIGPROF, signal.SIGXCPU) or (
+        returncode == -signal.SIGKILL and report.get("cpu_s", 0) >= cpu_s - 0.05)  # the hard RLIMIT_CPU
+    if cpu_signal or (used is not None and used > cpu_s):  # over it in children, or without the timer
+        how = _signame(-returncode) if returncode < 0 else f"exit code {returncode}"
+        return "cpu_limit", f"CPU-time limit of {cpu_s:g} s exceeded ({used or 0:.2f} s used; {how})", returncode
     if returncode < 0:
         sig = -returncode
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and report.get("cpu_s", 0) >= cpu_s - 0.05):
-            return "cpu_limit", f"CPU-time limit of {cpu_s:g} s exceeded ({_signame(sig)})", returncode
         if sig == signal.SIGXFSZ:
             return "file_size_limit", "file-size limit exceeded (SIGXFSZ)", returncode
         if any(m in stderr for m in _MEMORY):
@@ -53,6 +57,13 @@ def classify(report: dict, stderr: str, *, wall_s: float, cpu_s: float,
     if last == "PermissionError: [Errno 13] Permission denied" and re.search(r"\bsocket\b|\.connect\(", stderr):
         return "network_blocked", last, returncode  # Landlock's EACCES on connect names no file, unlike open's
     return "error", last or f"exit code {returncode}", returncode
+
+
+def program_cpu_s(report: dict) -> float | None:
+    """The program's own CPU seconds: what its exit reports, less the start-up the prelude reported."""
+    if report.get("cpu_s") is None:
+        return None
+    return round(max(0.0, report["cpu_s"] - report.get("start_cpu_s", 0.0)), 4)
 
 
 def last_error_line(stderr: str) -> str:

@@ -1,4 +1,4 @@
-"""Runs first in the program's interpreter: `python -S -s -B -X utf8 -c "<this file>" GUARD SITE main.py ARGS`.
+"""Runs first in the program's interpreter: `python -S -s -B -X utf8 -c "<this file>" GUARD SITE CLOCK main.py ARGS`.
 
 Why -S and a prelude instead of plain `python main.py`: site costs every program ~13 ms, most of it
 running .pth files (this repository's editable-install hook among them). Instead, SITE (the harness
@@ -11,6 +11,14 @@ GUARD is "-" normally. Where the kernel gives no network or filesystem confineme
 it is "network", "writes" or "network,writes": a PEP 578 audit hook then refuses new sockets, writes
 outside the program's directory and starting other programs (they would start without the hook). The
 hook is a speed bump, not a wall: ctypes or any native code bypasses it; the run reports "audit_hook".
+
+CLOCK is "FD:CPU_S". The program's CPU time counts from here, just before main.py is read: the CPU that
+start-up took (fork, confinement, the interpreter, this file) is written to FD, boot's status pipe, which
+is then closed, and an ITIMER_PROF timer ends the program with SIGPROF once it has used CPU_S more
+seconds of CPU (all its threads together, by the exact clock of time.process_time()). The harness
+subtracts that start-up from the CPU time the program's exit reports, so the limit and the measurement
+are the program's own, however busy the machine is. The timer's handler is Python code, so it waits
+while one C call runs; RLIMIT_CPU (boot) stops a program stuck there.
 """
 import builtins
 import sys
@@ -50,6 +58,31 @@ def guard(workdir, network, writes):
     sys.addaudithook(hook)
 
 
+def start_clock(spec):
+    import os
+    import time
+
+    import _signal
+
+    fd, cpu_s = spec.split(":")
+    limit, start = float(cpu_s), time.process_time()
+
+    def on_cpu_timer(signum, frame):
+        # ITIMER_PROF counts CPU in clock ticks, which on a busy machine run up to ~10 % ahead of the
+        # exact count that the verdict uses: until that count reaches the limit, wait for the rest.
+        left = limit - (time.process_time() - start)
+        if left > 0:
+            _signal.setitimer(_signal.ITIMER_PROF, max(left, 0.001))
+            return
+        _signal.signal(_signal.SIGPROF, _signal.SIG_DFL)
+        _signal.raise_signal(_signal.SIGPROF)
+
+    _signal.signal(_signal.SIGPROF, on_cpu_timer)  # a closure: run_main empties this module's globals
+    _signal.setitimer(_signal.ITIMER_PROF, limit)
+    os.write(int(fd), (repr({"start_cpu_s": start}) + "\n").encode())  # boot's format: a dict literal a line
+    os.close(int(fd))
+
+
 def run_main(path):
     import os
     import sys  # locals: the loop below empties this module's globals
@@ -76,9 +109,10 @@ def run_main(path):
 builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
 builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
 builtins.help = _sitebuiltins._Helper()
-_guard, _site = sys.argv[1:3]
-sys.argv = sys.argv[3:]  # ["main.py", ARGS...], as for `python main.py ARGS...`
+_guard, _site, _clock = sys.argv[1:4]
+sys.argv = sys.argv[4:]  # ["main.py", ARGS...], as for `python main.py ARGS...`
 sys.path.extend(p for p in _site.split(":") if p)
 if _guard != "-":
     guard(".", "network" in _guard, "writes" in _guard)
+start_clock(_clock)
 run_main(sys.argv[0])

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from harness.sandbox.classify import classify
+from harness.sandbox.classify import classify, program_cpu_s
 
 log = logging.getLogger(__name__)
 SANDBOX_DIR = str(Path(__file__).resolve().parent)
@@ -46,8 +46,8 @@ _unusable: set[str] = set()  # layers that broke a run on this machine: not atte
 
 @dataclass(frozen=True)
 class Limits:
-    wall_s: float = 10.0      # wall clock for the whole program
-    cpu_s: float = 10.0       # RLIMIT_CPU (rounded up to whole seconds)
+    wall_s: float = 10.0      # wall clock of the whole run, start-up included: the backstop for programs that wait
+    cpu_s: float = 10.0       # the program's own CPU seconds, from its first line (start-up excluded: prelude.py)
     memory_mb: int = 1024     # RLIMIT_AS
     nproc: int = 32           # processes/threads the program may have
     fsize_mb: int = 16        # largest file it may write
@@ -65,6 +65,7 @@ class RunResult:
     stderr: str
     wall_s: float
     protections: tuple[str, ...]
+    cpu_s: float | None = None  # the program's own CPU seconds (children it waited for included), when known
 
     @property
     def passed(self) -> bool:
@@ -75,6 +76,16 @@ def run_python(source: str, *, stdin: str | bytes = "", limits: Limits = Limits(
                argv: Sequence[str] = ()) -> RunResult:
     """Run untrusted Python source in a fresh sandboxed interpreter and say how it ended."""
     return run_sandboxed(source, stdin=stdin, limits=limits, argv=argv)
+
+
+WALL_PER_CPU_S, WALL_GRACE_S = 5.0, 5.0  # cpu_time_limits' wall clock: 5 × the CPU limit + 5 s
+
+
+def cpu_time_limits(cpu_s: float, **fields) -> Limits:
+    """Limits that judge a program by its CPU time: `cpu_s` seconds of its own CPU, and a wall clock of
+    5 × cpu_s + 5 s that only stops programs that sleep or block (a busy program on a fifth of a core or
+    more meets its CPU limit first), so that a verdict does not depend on how busy the machine is."""
+    return Limits(cpu_s=float(cpu_s), wall_s=WALL_PER_CPU_S * float(cpu_s) + WALL_GRACE_S, **fields)
 
 
 def run_many(jobs: Sequence[dict], *, limits: Limits = Limits(), workers: int | None = None,
@@ -180,7 +191,7 @@ class _Run:
                                               backstop=self.backstop)
         layers = set(self.report["layers"]) | set(_PARENT_LAYERS)
         return RunResult(status, reason, returncode, stdout, stderr, time.monotonic() - start,
-                         tuple(layer for layer in LAYERS if layer in layers))
+                         tuple(layer for layer in LAYERS if layer in layers), program_cpu_s(self.report))
 
     def _collect(self, proc: subprocess.Popen, status_read: int, start: float) -> tuple[bytes, bytes]:
         """Read stdout, stderr and the status pipe until all close; enforce the caps and the backstop.

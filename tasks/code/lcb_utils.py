@@ -10,7 +10,7 @@ from lm_eval.api.samplers import ContextSampler
 
 from harness.codeeval import GRADES, REPORTED_KS, extract_code, pass_at_k_metrics
 from harness.errors import HarnessError
-from harness.livecodebench import grade_samples
+from harness.livecodebench import DEFAULT_GRADING, extract_code_lcb, grade_samples
 from harness.livecodebench import load_task_dataset as load  # noqa: F401  (custom_dataset hook)
 
 _NO_LABELS = ("livecodebench: its problems come without reference solutions, so it has no labeled "
@@ -62,7 +62,13 @@ class ReferenceSampler(ContextSampler):
 
 def process_results(doc: dict, results: list) -> dict[str, float]:
     """Grade each of the n generations of one problem (the keep-all filter of _code_template_yaml hands
-    them over as one list); pass@k for the k that n allows."""
-    grades = grade_samples(doc, [extract_code(str(g)) for g in results[0]])
+    them over as one list); pass@k for the k that n allows.
+
+    The code is taken from each answer the way the document's grading mode says: lcb_runner's way
+    (between the last two ``` lines) or the last fenced block.
+    """
+    lcb_runner = (doc.get("grading_mode") or DEFAULT_GRADING) == "lcb_runner"
+    extract = extract_code_lcb if lcb_runner else extract_code
+    grades = grade_samples(doc, [extract(str(g)) for g in results[0]])
     GRADES.log(doc, grades)
     return pass_at_k_metrics([g["passed"] for g in grades], REPORTED_KS)

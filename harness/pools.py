@@ -186,9 +186,15 @@ def _plan(evaluated, pool_src, gold, *, pool_split, pool_size, pool_seed, dedup_
 
 
 def _describe(answer) -> str | None:
+    """A name for the answer rule that does not depend on where the project sits on disk."""
     if answer is None or isinstance(answer, str):
         return answer
-    return f"{answer.__module__}.{answer.__qualname__}"
+    from harness.settings import PROJECT_ROOT
+
+    module = str(answer.__module__)
+    if module.startswith(str(PROJECT_ROOT) + "/"):  # lm-eval names a YAML's !function module by its path
+        module = module[len(str(PROJECT_ROOT)) + 1:]
+    return f"{module}.{answer.__qualname__}"
 
 
 def _cache_path(fingerprints: dict, options: dict):

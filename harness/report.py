@@ -199,7 +199,8 @@ def leaderboard(records: list[tuple[Path, dict]], targets: dict[str, int] | None
         board_rows.append({
             **dict(zip(GROUP, key)), "metric": metric, "seeds": g.seed.nunique(), "cells": len(g),
             "n": s.n, "split_size": g.split_size.iloc[0], "scorable": g.scorable.iloc[0], "carved": g.carved.iloc[0],
-            "data_variant": g.data_variant.iloc[0], "acc": s.mean, "acc_stderr": s.stderr, "acc_seed_std": s.seed_std, "ci_low": s.ci_low,
+            "data_variant": g.data_variant.iloc[0], "acc": s.mean, "acc_stderr": s.stderr,
+            "acc_seed_std": s.seed_std, "ci_low": s.ci_low,
             "ci_high": s.ci_high, "labels_used": g.labels_used.mean(), "adapt_flops": g.adapt_flops.mean(),
             "adapt_s": g.adapt_s.mean(), "one_off_policy": g.one_off_policy.iloc[0],
             "one_off_flops": g.one_off_flops.mean(), "one_off_s": g.one_off_s.mean(),
@@ -381,7 +382,8 @@ def _one_off(row) -> str:
 
 
 def markdown(board) -> str:
-    head = ("| model | task | budget | strategy | config | score ± stderr | 95 % CI | ± seed std | n / N | seeds | labels "
+    head = ("| model | task | budget | strategy | config | score ± stderr | 95 % CI | ± seed std | n / N | seeds "
+            "| labels "
             "| adapt FLOPs | adapt s | one-off FLOPs | per-query FLOPs | total FLOPs @ horizon | Δ vs base "
             "| p (test) | p Holm | budget bound |")
     lines = [head, "|" + "---|" * 20]
@@ -409,7 +411,8 @@ INTRO = (
     "pass@1 for code; named in brackets when not acc). n / N: items scored of the evaluation split as published; "
     "where the adaptation pool was carved out of that split (no train split to take it from), fewer are scorable, "
     "so the row is not the published benchmark's full number. A task name with a bracket is a variant of the "
-    "benchmark's standard form (e.g. BoolQ without its passages: question-only). Seeds (generated adapters, demonstration draws, training "
+    "benchmark's standard form (e.g. BoolQ without its passages: question-only). Seeds (generated adapters, "
+    "demonstration draws, training "
     "seeds) are averaged per item first: score ± stderr come from the per-item means, `± seed std` is the spread "
     "of the per-seed scores, and the 95 % CI is a percentile bootstrap over items with seeds resampled within each "
     "replicate (2000 replicates, fixed seed). Δ vs base: paired difference on the items both rows scored; p: "

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import ROOT, compose, needs_data
+from conftest import ROOT, needs_data
 from harness import provenance
 
 

@@ -7,7 +7,6 @@ the task's description), or nothing. It never knows which strategy produced it.
 from __future__ import annotations
 
 import contextlib
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,15 +158,6 @@ def attach_adapter(model, adapter_dir: str | Path):
     return PeftModel.from_pretrained(model, str(path), is_trainable=False).eval()
 
 
-def seed_everything(seed: int) -> None:
-    """Python's, numpy's and torch's generators (every device), from one seed."""
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices: list[int], batch_size: int,
                         device: torch.device, count_flops: bool = True, engine_cfg=None,
                         model_dir: str | None = None, seed: int = 0) -> EvalResult:
@@ -200,7 +190,9 @@ def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices:
                                 shape=ModelShape.of(lm_model), count_flops=count_flops)
     chat = task.chat_tokenizer is not None
     GRADES.clear()
-    seed_everything(seed)
+    from transformers import set_seed
+
+    set_seed(seed)  # Python's, numpy's and torch's generators, every device
     task.task.set_fewshot_seed(seed=seed)
     try:
         with meter:

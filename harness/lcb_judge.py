@@ -2,9 +2,11 @@
 
 harness/livecodebench.py runs this file as the sandbox's main.py, once per sample, with a JSON job on
 stdin: {"code", "fn_name" (null: a stdin/stdout program), "prelude" (the names lcb_runner imports before
-a solution), "inputs", "outputs" (public tests, then private ones), "timeout_s", "backstop_s"}. It grades
-the sample the way lcb_runner's `testing_util.run_test` does, in one process, and reports on the stdout it
-started with: `@@lcb-judge@@ {"test": i}` as test i starts, then `@@lcb-judge@@ {"final": ...}` with
+a solution), "inputs", "outputs" (public tests, then private ones), "timeout_s", "backstop_s", "token"}.
+It grades the sample the way lcb_runner's `testing_util.run_test` does, in one process, and reports on the
+stdout it started with, each line marked with the run's random token (read from stdin before the solution
+runs, so a solution cannot print a verdict of its own by accident or by copying this file's format):
+`@@lcb-judge@@TOKEN {"test": i}` as test i starts, then `@@lcb-judge@@TOKEN {"final": ...}` with
 lcb_runner's per-test results (True, or its error code at the first failure: -2 wrong answer,
 -3 time limit, -4 runtime error), the error code, a reason, the phase that failed and the CPU seconds the
 solution used. A process that dies before the final line is lcb_runner's "TestRunnerError" (-5).
@@ -109,11 +111,11 @@ class Clock:
 
 
 class Report:
-    def __init__(self, fd: int):
-        self.fd = fd
+    def __init__(self, fd: int, token: str):
+        self.fd, self.mark = fd, MARK + token
 
     def send(self, **fields) -> None:
-        data = ("\n" + MARK + " " + json.dumps(fields) + "\n").encode()
+        data = ("\n" + self.mark + " " + json.dumps(fields) + "\n").encode()
         while data:
             data = data[os.write(self.fd, data):]
 
@@ -144,12 +146,12 @@ def as_result(value):
 
 # ------------------------------------------------------------------------------ the process
 
-def take_streams() -> Report:
+def take_streams(token: str) -> Report:
     """The report keeps the real stdout; the solution gets stdin, stdout and stderr on /dev/null.
 
     lcb_runner's grading process has /dev/null for stdin, and nobody reads its stdout or stderr.
     """
-    report = Report(os.dup(1))
+    report = Report(os.dup(1), token)
     sys.stdout.flush()
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -436,7 +438,7 @@ def main() -> None:
     job = json.loads(sys.stdin.buffer.read())
     sys.set_int_max_str_digits(MAX_STR_DIGITS)
     preload(job)
-    report = take_streams()
+    report = take_streams(job.pop("token"))
     harden()
     try:
         final = grade(job, report)

@@ -72,6 +72,7 @@ import os
 import pickle
 import random
 import re
+import secrets
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -589,14 +590,15 @@ def _grade_lcb_runner(problem: Problem, code: str, timeout_s: float) -> dict:
     from harness.sandbox import cpu_time_limits, run_python
 
     n = len(problem.tests)
+    token = secrets.token_hex(16)  # marks the judge's own lines; the solution is never given it
     job = {"code": code, "fn_name": problem.func_name, "prelude": PRELUDE, "timeout_s": timeout_s,
-           "backstop_s": cpu_time_limits(timeout_s).wall_s,
+           "backstop_s": cpu_time_limits(timeout_s).wall_s, "token": token,
            "inputs": [t.input for t in problem.tests], "outputs": [t.output for t in problem.tests]}
     # lcb_runner's limit for a whole sample, (timeout + 1) x tests + 5 s, here in CPU seconds.
     limits = cpu_time_limits((timeout_s + 1) * n + 5, memory_mb=MEMORY_MB, output_kb=256)
     result = run_python(_JUDGE.read_text(), stdin=json.dumps(job), limits=limits)
     _sandbox_failed(result)
-    messages = _judge_messages(result.stdout)
+    messages = _judge_messages(result.stdout, token)
     final = next((m["final"] for m in reversed(messages) if "final" in m), None)
     if final is None:
         return _judge_died(problem, result, messages, timeout_s, limits.wall_s)
@@ -640,12 +642,13 @@ def _judge_died(problem: Problem, result, messages: list[dict], timeout_s: float
                   result.cpu_s, "lcb_runner", lcb_error_code=_NOT_LOADED, lcb_results=[-2])
 
 
-def _judge_messages(stdout: str) -> list[dict]:
-    messages = []
+def _judge_messages(stdout: str, token: str) -> list[dict]:
+    """The judge's reports: only lines carrying this run's token count (a solution's own prints do not)."""
+    mark, messages = _JUDGE_MARK + token + " ", []
     for line in _text(stdout).split("\n"):
-        if line.startswith(_JUDGE_MARK):
+        if line.startswith(mark):
             try:
-                messages.append(json.loads(line[len(_JUDGE_MARK):]))
+                messages.append(json.loads(line[len(mark):]))
             except ValueError:
                 continue  # cut off by the output cap or a dying process
     return messages

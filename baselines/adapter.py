@@ -4,6 +4,7 @@ from pathlib import Path
 
 from harness.budget import BudgetUse
 from harness.errors import HarnessError
+from harness.models import adapter_problem
 from harness.strategy import AdaptContext, Adaptation, register_strategy
 
 
@@ -18,6 +19,10 @@ class ExistingAdapter:
             raise HarnessError(f"adapter path {folder} does not exist: pass strategy.path=<a peft adapter folder>")
         if not (folder / "adapter_config.json").is_file():
             raise HarnessError(f"{folder} has no adapter_config.json: pass the folder peft's save_pretrained wrote")
+        problem = adapter_problem(folder)
+        if problem:
+            raise HarnessError(f"adapter {folder} cannot be loaded: {problem}: save or copy it again, complete, "
+                               "and pass that folder as strategy.path")
 
     def fingerprint(self, settings) -> str:
         """Digest of the adapter's files: a retrained adapter at the same path is a new cell."""

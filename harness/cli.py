@@ -19,6 +19,8 @@ PLURALS = {"models": "model", "tasks": "task", "strategies": "strategy", "budget
 # Hydra flags whose next argument is a value, not an override.
 VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
                "-cd", "--info", "-i", "--experimental-rerun"}
+# Hydra flags that print something and run nothing.
+INFO_FLAGS = {"--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
 FINISHED: list[Path] = []  # cells run or skipped by this process (basic launcher)
 FAILED: list[str] = []  # one-line errors of cells that could not run
 ROOTS: list[Path] = []  # runs_dir of each cell, as composed
@@ -133,6 +135,10 @@ def cmd_run(args: list[str]) -> None:
         _hydra_run(args)
         return
     cfg = check_overrides(args)
+    if not any(a in INFO_FLAGS for a in args):  # before Hydra writes a sweep's folder there, or a cell runs
+        from harness import store
+
+        store.check_writable(Path(cfg.runs_dir))
     FINISHED.clear(), FAILED.clear(), ROOTS.clear()
     sweeps = cfg.get("sweeps")
     if sweeps:

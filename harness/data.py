@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.settings import data_dir, hub_offline
 
 
@@ -46,16 +46,27 @@ def _fingerprint(rows: list[dict]) -> str:
 
 def _read_jsonl(ref: SplitRef, file: Path) -> list[dict]:
     rows = []
-    with file.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise HarnessError(
-                    f"malformed row in {ref} ({file}, line {lineno}): {exc.msg}; fix or re-copy that file"
-                ) from None
+    try:
+        with file.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise HarnessError(
+                        f"malformed row in {ref} ({file}, line {lineno}): {exc.msg}; fix or re-copy that file"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise HarnessError(f"malformed row in {ref} ({file}, line {lineno}): a JSON "
+                                       f"{type(row).__name__}, not an object; fix or re-copy that file")
+                rows.append(row)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or first_line(exc)
+        raise HarnessError(f"cannot read {ref} from {file} ({reason}): fix or re-copy that file") from None
+    if not rows:  # an interrupted copy; every task would fail later, less clearly
+        raise HarnessError(f"{ref}: {file} holds no rows: re-copy that file, or delete it to load the split from "
+                           "the Hub")
     return rows
 
 
@@ -117,4 +128,6 @@ def _load_from_hub(ref: SplitRef, tried: Path | None) -> list[dict]:
     except Exception as exc:  # network, missing split, auth: all end the same way for the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HarnessError(f"could not load {ref} ({where}; Hub said: {first[:200]}): {fix}") from None
+    if len(ds) == 0:
+        raise HarnessError(f"{ref} on the Hub has no rows: check the task's dataset and split, or {fix}")
     return [dict(row) for row in ds]

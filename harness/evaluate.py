@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from harness.costs import PhaseCost, PhaseMeter
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.codeeval import GRADES
 from harness.flops import ModelShape
+from harness.models import adapter_problem
 from harness.tasks import TaskHandle, quiet_lm_eval
 
 
@@ -155,7 +156,14 @@ def attach_adapter(model, adapter_dir: str | Path):
     path = Path(adapter_dir)
     if not (path / "adapter_config.json").is_file():
         raise HarnessError(f"adapter directory {path} has no adapter_config.json: point to a peft adapter folder")
-    return PeftModel.from_pretrained(model, str(path), is_trainable=False).eval()
+    problem = adapter_problem(path)
+    if problem:
+        raise HarnessError(f"adapter {path} cannot be loaded: {problem}: save or copy it again, complete")
+    try:
+        return PeftModel.from_pretrained(model, str(path), is_trainable=False).eval()
+    except (ValueError, KeyError, RuntimeError) as exc:  # e.g. an adapter made for another architecture
+        raise HarnessError(f"peft cannot put adapter {path} on this model ({first_line(exc)}): pass an adapter "
+                           "trained for this model") from None
 
 
 def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices: list[int], batch_size: int,

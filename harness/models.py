@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.settings import CONFIG_DIR, cache_dir
 
 
@@ -133,6 +133,41 @@ def load_model(cfg, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     model.to(device).eval()
     info["n_params"] = sum(p.numel() for p in model.parameters())
     return LoadedModel(model, tokenizer, info)
+
+
+def adapter_problem(folder) -> str | None:
+    """What keeps peft from loading the adapter folder (a missing, truncated or malformed file), or None.
+
+    Checked before a model is loaded, so that a damaged adapter costs a one-line error, not a stack trace."""
+    import json
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "it is not a folder"
+    config = folder / "adapter_config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "it has no adapter_config.json"
+    except (OSError, ValueError) as exc:
+        return f"adapter_config.json is unreadable ({first_line(exc)})"
+    if not isinstance(data, dict) or not data.get("peft_type"):
+        return "adapter_config.json is not a peft adapter config (no peft_type)"
+    weights = folder / "adapter_model.safetensors"
+    try:
+        if weights.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as fh:  # checks the header covers the whole file
+                fh.keys()
+        elif (folder / "adapter_model.bin").is_file():
+            torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
+        else:
+            return "it has no adapter_model.safetensors (or adapter_model.bin)"
+    except Exception as exc:  # safetensors' and torch's own errors for a short or garbled file
+        name = weights.name if weights.is_file() else "adapter_model.bin"
+        return f"{name} is unreadable ({first_line(exc)})"
+    return None
 
 
 def _random_model(cfg, dtype: torch.dtype):

@@ -8,8 +8,11 @@ plot, the budget column and the strategies' own pages all read the same figures.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import shutil
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -26,15 +29,28 @@ def register_section(filename: str, title: str, intro: str, render) -> None:
     SECTIONS[filename] = (title, intro, render)
 
 
-def collect(folders: list[Path] | None = None, runs_dir: Path | None = None) -> list[tuple[Path, dict]]:
+def collect(folders: list[Path] | None = None, runs_dir: Path | None = None,
+            skipped: list | None = None) -> list[tuple[Path, dict]]:
+    """Readable finished records of `folders` (or under `runs_dir`); the others go to `skipped` as (file, problem)."""
+    skipped = [] if skipped is None else skipped
     if folders is not None:
-        out = []
+        found = []
         for folder in folders:
-            record = store.read_record(folder)
+            record, problem = store.load_record(folder)
             if record is not None:
-                out.append((Path(folder), record))
-        return out
-    return list(store.iter_records(Path(runs_dir)))
+                found.append((Path(folder), record))
+            elif problem:
+                skipped.append((Path(folder) / store.RECORD, problem))
+    else:
+        found = list(store.iter_records(Path(runs_dir), skipped))
+    out = []
+    for folder, record in found:  # the leaderboard reads every record's samples too
+        problem = store.samples_problem(folder)
+        if problem:
+            skipped.append((folder / store.SAMPLES, problem))
+        else:
+            out.append((folder, record))
+    return out
 
 
 def newest_per_cell(records: list[tuple[Path, dict]]) -> tuple[list[tuple[Path, dict]], int]:
@@ -432,34 +448,183 @@ INTRO = (
 
 def build(out_dir: Path, folders: list[Path] | None = None, runs_dir: Path | None = None) -> str:
     """Write the report for `folders` (or every record under `runs_dir`); one-off shares are counted over
-    every record under `runs_dir` when it is given, so targets outside `folders` lower them too."""
-    records, superseded = newest_per_cell(collect(folders, runs_dir))
-    if not records:
-        from harness.errors import HarnessError
+    every record under `runs_dir` when it is given, so targets outside `folders` lower them too.
 
-        raise HarnessError(f"no finished records under {runs_dir or 'the given folders'}: run `harness run` first")
+    The report folder is replaced whole (write_folder): a killed build leaves the previous report as it was.
+    Records that cannot be read are left out and named."""
+    from harness.errors import HarnessError
+
+    skipped: list = []
+    records, superseded = newest_per_cell(collect(folders, runs_dir, skipped))
+    if folders is not None and runs_dir is not None:
+        everything = newest_per_cell(collect(None, runs_dir, skipped))[0]
+    else:
+        everything = records
+    unreadable = _say_skipped(skipped)
+    if not records:
+        where = f"no finished records under {runs_dir or 'the given folders'}"
+        raise HarnessError(f"{where} that can be read ({unreadable} unreadable, named above): fix or delete them, "
+                           "or run `harness run` again" if unreadable else f"{where}: run `harness run` first")
     if superseded:
         where = f" {runs_dir}" if runs_dir else ""
         print(f"[harness] report: {superseded} older record(s) of the same cells left out (made with other code, "
               f"versions or data: `harness runs stale{where}` lists them)", file=sys.stderr)
-    everything = records if folders is None or runs_dir is None else newest_per_cell(collect(None, runs_dir))[0]
     targets = artifact_targets(everything)
     for _, r in records:  # strategies' report pages read the same charged costs as the leaderboard
         r["report"] = {"artifact_targets": targets, **charged_costs(r, targets)}
     board, sig = leaderboard(records, targets)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     text = markdown(board)
     page = f"# Leaderboard\n\n{INTRO}\n\nBudgets: {_budgets_line(records)}.\n\n{text}"
-    (out_dir / "leaderboard.md").write_text(page)
-    board.to_csv(out_dir / "leaderboard.csv", index=False)
-    sig.to_csv(out_dir / "significance.csv", index=False)
-    plot(board, out_dir / "accuracy_vs_flops.png")
     import baselines  # noqa: F401  (strategies register their report sections)
 
+    pages = {}
     for filename, (title, intro, render) in SECTIONS.items():
         section = render(records)
         if section:
-            (out_dir / filename).write_text(f"# {title}\n\n{intro}\n\n{section}")
+            pages[filename] = f"# {title}\n\n{intro}\n\n{section}"
             text += f"\n## {title}\n\n{section}"
+
+    def write(folder: Path) -> None:
+        (folder / "leaderboard.md").write_text(page)
+        board.to_csv(folder / "leaderboard.csv", index=False)
+        sig.to_csv(folder / "significance.csv", index=False)
+        plot(board, folder / "accuracy_vs_flops.png")
+        for filename, content in pages.items():
+            (folder / filename).write_text(content)
+
+    write_folder(Path(out_dir), write, REPORT_FILES | set(SECTIONS))
     return text
+
+
+REPORT_FILES = {"leaderboard.md", "leaderboard.csv", "significance.csv", "accuracy_vs_flops.png"}
+
+
+def _say_skipped(skipped: list) -> int:
+    """Name the records the report leaves out because they cannot be read; returns how many."""
+    if not skipped:
+        return 0
+    unique = list(dict.fromkeys((str(path), problem) for path, problem in skipped))
+    names = "; ".join(f"{path} ({problem})" for path, problem in unique[:5])
+    more = f"; and {len(unique) - 5} more" if len(unique) > 5 else ""
+    print(f"[harness] report: skipped {len(unique)} unreadable record(s): {names}{more}: fix or delete them "
+          "(`harness run` with the same config runs such a cell again)", file=sys.stderr)
+    return len(unique)
+
+
+def write_folder(out: Path, write, owned: set[str]) -> None:
+    """Build a folder with `write(folder)` beside `out`, then swap it in: readers, and a build killed at any
+    point, see the complete old folder or the complete new one. Files in the old folder that the build does not
+    own (`owned`: names it writes, whether or not it writes them this time), such as a README beside a committed
+    report, are carried over. Leftovers of a killed build are removed first."""
+    from harness.errors import HarnessError
+
+    fix = "pass --out a folder you can write (for `harness run`: set HARNESS_RUNS_DIR)"
+    out = out.resolve() if out.is_symlink() else out  # the folder a link names is replaced, the link stays
+    # the new folder is made beside `out`: its parent must take files, not only `out`
+    problem = f"{out} is a file, not a folder" if out.is_file() else store.writable_problem(out.parent)
+    if problem:
+        raise HarnessError(f"cannot write the report to {out} ({problem}): {fix}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(out.parent):
+        _clean_leftovers(out)
+        new = None
+        try:
+            new = _sibling(out, "new")
+            if out.is_dir():
+                shutil.copymode(out, new)
+            write(new)
+            if out.is_dir():
+                for old in out.iterdir():
+                    if old.name not in owned:
+                        (shutil.copytree if old.is_dir() else shutil.copy2)(old, new / old.name)
+            for file in new.iterdir():  # on disk before the swap makes them the report
+                if file.is_file():
+                    with open(file, "rb") as fh:
+                        os.fsync(fh.fileno())
+            _swap_in(new, out)
+        except Exception as exc:
+            if new is not None:
+                shutil.rmtree(new, ignore_errors=True)
+            problem = store.write_problem(exc, out.parent) or (exc.strerror if isinstance(exc, OSError) else None)
+            if problem:
+                raise HarnessError(f"cannot write the report to {out} ({problem}): {fix}") from None
+            raise
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Make `new` the folder `out`: one atomic exchange where the system offers it, else two renames (a build
+    killed between them leaves the old folder under a `.old-` name, which the next build puts back)."""
+    if not out.exists():
+        os.rename(new, out)
+        return
+    if _exchange(new, out):
+        shutil.rmtree(new)  # now the old folder
+        return
+    old = _sibling(out, "old")
+    os.rename(out, old / out.name)
+    os.rename(new, out)
+    shutil.rmtree(old)
+
+
+def _sibling(out: Path, kind: str) -> Path:
+    """A new, empty folder beside `out` named as a leftover of this build (`.NAME.new-*`, `.NAME.old-*`)."""
+    import secrets
+
+    while True:
+        path = out.parent / f".{out.name}.{kind}-{secrets.token_hex(4)}"
+        try:
+            path.mkdir()  # with the umask's permissions, like any folder the report would have made
+            return path
+        except FileExistsError:
+            continue
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not offered."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _clean_leftovers(out: Path) -> None:
+    """Remove what a killed build left beside `out`; put the old folder back if it was killed mid-swap."""
+    for leftover in sorted(out.parent.glob(f".{out.name}.old-*")):
+        saved = leftover / out.name
+        if saved.is_dir() and not out.exists():
+            os.rename(saved, out)
+        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in out.parent.glob(f".{out.name}.new-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """Serialize report builds in one folder (each cleans up the others' leftovers); a no-op where the file
+    system has no locks."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)

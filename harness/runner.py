@@ -18,7 +18,7 @@ from harness.config_checks import as_int
 from harness.errors import HarnessError
 from harness.evaluate import evaluate_adaptation
 from harness.flops import ModelShape
-from harness.models import load_model, resolve_device, resolve_dtype
+from harness.models import adapter_problem, load_model, resolve_device, resolve_dtype
 from harness.pricing import OutputLength, QueryPricer
 from harness.strategy import AdaptContext, Adaptation, get_strategy
 from harness.tasks import TaskHandle
@@ -49,6 +49,8 @@ def run_cell(cfg) -> Path:
     config = OmegaConf.to_container(cfg, resolve=True)
 
     # Everything that can be checked without compute is checked first.
+    runs_dir = Path(config["runs_dir"])
+    store.check_writable(runs_dir)
     strategy = get_strategy(cfg.strategy.impl)
     strategy.validate(cfg.strategy)
     if hasattr(strategy, "validate_cell"):
@@ -86,11 +88,14 @@ def run_cell(cfg) -> Path:
     if output is not None:
         inputs["output_length"] = {"tokens": output.tokens, "source": output.source}
     key = store.cell_key({**config, "inputs": inputs})
-    folder = store.cell_dir(Path(config["runs_dir"]), config, key)
+    folder = store.cell_dir(runs_dir, config, key)
     if store.read_record(folder, key) is not None:
         say(f"skip (finished): {label}")
         return folder
-    for older in store.superseded(Path(config["runs_dir"]), config, key):
+    _, problem = store.load_record(folder)
+    if problem:
+        say(f"the record {folder / store.RECORD} is not a finished record ({problem}): running the cell again")
+    for older in store.superseded(runs_dir, config, key):
         changed = provenance.changes((store.read_record(older) or {}).get("inputs"), inputs) or ["sweep order"]
         say(f"the finished record at {older} was made with other inputs ({'; '.join(changed)}): kept, not reused; "
             "`harness runs stale` lists such records")
@@ -103,38 +108,50 @@ def run_cell(cfg) -> Path:
     pricing = QueryPricer(task, loaded.tokenizer, ModelShape.of(loaded.model), output)
 
     work = folder.with_name(folder.name + ".partial")
-    work.mkdir(parents=True, exist_ok=True)
-    adaptation = _load_adaptation(work, key)
-    if adaptation is not None:
-        say("reusing the adaptation saved by an earlier, interrupted run")
-    else:
-        import torch
+    created = not work.exists()
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        adaptation = _load_adaptation(work, key)
+        if adaptation is not None:
+            say("reusing the adaptation saved by an earlier, interrupted run")
+        else:
+            import torch
 
-        torch.manual_seed(seed)
-        ctx = AdaptContext(model=loaded.model, tokenizer=loaded.tokenizer, task=task, budget=budget,
-                           settings=cfg.strategy, seed=seed, workdir=work, device=device,
-                           progress=bool(cfg.progress), model_name=config["model"]["name"],
-                           model_cfg=config["model"], pricing=pricing,
-                           shared_dir=Path(config["runs_dir"]) / config["model"]["name"] / "_shared")
-        adaptation = strategy.adapt(ctx)
-        store.write_json_atomic(work / store.ADAPTATION, {"key": key, "adaptation": adaptation.to_dict()})
+            torch.manual_seed(seed)
+            ctx = AdaptContext(model=loaded.model, tokenizer=loaded.tokenizer, task=task, budget=budget,
+                               settings=cfg.strategy, seed=seed, workdir=work, device=device,
+                               progress=bool(cfg.progress), model_name=config["model"]["name"],
+                               model_cfg=config["model"], pricing=pricing,
+                               shared_dir=runs_dir / config["model"]["name"] / "_shared")
+            adaptation = strategy.adapt(ctx)
+            store.write_json_atomic(work / store.ADAPTATION, {"key": key, "adaptation": adaptation.to_dict()})
 
-    result = evaluate_adaptation(loaded.model, loaded.tokenizer, task, adaptation, indices, batch_size, device,
-                                 count_flops=bool(cfg.engine.count_flops), engine_cfg=cfg.engine,
-                                 model_dir=loaded.info.get("cache") or loaded.info.get("hub_id"), seed=seed)
-    result.per_query["predicted"] = {"flops_analytic": pricing.flops(adaptation.prefix, adaptation.lora_params),
-                                     "queries_priced": len(pricing.docs), "priced_on": pricing.source,
-                                     **pricing.describe()}
-    settle_budget(adaptation, budget, pricing, task.eval_docs, indices, result.per_query)
-    record = _record(config, key, loaded.info, task, indices, adaptation, result, limit)
-    record["inputs"] = inputs
-    record["adaptation"] = _relocate(record["adaptation"], str(work), str(folder))  # name published paths
-    store.write_jsonl_atomic(work / store.SAMPLES, result.samples)
-    store.write_json_atomic(work / store.RECORD, record)
-    # Publish the finished cell in one rename; a stale folder of an older run is replaced.
-    if folder.exists():
-        shutil.rmtree(folder)
-    work.rename(folder)
+        result = evaluate_adaptation(loaded.model, loaded.tokenizer, task, adaptation, indices, batch_size, device,
+                                     count_flops=bool(cfg.engine.count_flops), engine_cfg=cfg.engine,
+                                     model_dir=loaded.info.get("cache") or loaded.info.get("hub_id"), seed=seed)
+        result.per_query["predicted"] = {"flops_analytic": pricing.flops(adaptation.prefix, adaptation.lora_params),
+                                         "queries_priced": len(pricing.docs), "priced_on": pricing.source,
+                                         **pricing.describe()}
+        settle_budget(adaptation, budget, pricing, task.eval_docs, indices, result.per_query)
+        record = _record(config, key, loaded.info, task, indices, adaptation, result, limit)
+        record["inputs"] = inputs
+        record["adaptation"] = _relocate(record["adaptation"], str(work), str(folder))  # name published paths
+        store.write_jsonl_atomic(work / store.SAMPLES, result.samples)
+        store.write_json_atomic(work / store.RECORD, record)
+        # Publish the finished cell in one rename; a stale folder of an older run is replaced.
+        if folder.exists():
+            shutil.rmtree(folder)
+        work.rename(folder)
+    except Exception as exc:
+        # A run that ends in a one-line error leaves nothing behind; an interrupted one (a kill, a bug) keeps the
+        # .partial folder, whose saved adaptation the next run reuses.
+        full = None if isinstance(exc, HarnessError) else store.write_problem(exc, work)
+        if created and (full or isinstance(exc, HarnessError)):
+            store.remove_partial(work, runs_dir)
+        if full:
+            raise HarnessError(f"cannot write the cell's files under {work.parent} ({full}): free space there, or "
+                               f"{store.RUNS_FIX}") from None
+        raise
     metric = str(cfg.task.get("metric") or "acc")
     value, err = result.metrics.get(metric, float("nan")), result.metrics.get(f"{metric}_stderr", float("nan"))
     say(f"done: {label}: {metric}={value:.4f} ± {err:.4f} (n={result.n})")
@@ -214,8 +231,8 @@ def _load_adaptation(work: Path, key: str) -> Adaptation | None:
     if data.get("key") != key:
         return None
     adaptation = Adaptation.from_dict(data["adaptation"])
-    if adaptation.kind == "adapter" and not (Path(adaptation.adapter_dir) / "adapter_config.json").is_file():
-        return None
+    if adaptation.kind == "adapter" and adapter_problem(adaptation.adapter_dir):
+        return None  # damaged since it was saved: adapt again
     return adaptation
 
 

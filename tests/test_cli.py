@@ -66,11 +66,12 @@ def test_budget_smaller_than_one_training_step(capsys, runs):
     assert "Traceback" not in err
     assert code == 2 and len(errors) == 1 and errors[0].startswith("error: ")
     assert "smaller than one training step" in errors[0] and "budget.amount" in errors[0]
-    assert not records(runs)
+    assert not records(runs) and not list(runs.rglob("*.partial"))  # refused before training: nothing left
     # With a horizon, serving the unmerged adapter is priced first: here it alone exceeds the budget.
     code, _, err = run_cli(capsys, "run", "model=tiny-random", "task=arc_easy", "strategy=lora",
                            "budget=flops_1e13", "budget.amount=1000", "eval.limit=5", "progress=false")
     assert code == 2 and "leaves nothing to train with" in err and not records(runs)
+    assert not list(runs.rglob("*.partial")) and not list(runs.rglob("arc_easy"))
 
 
 @pytest.mark.parametrize("override,expected", [

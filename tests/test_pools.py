@@ -111,3 +111,83 @@ def test_malformed_row_names_split_and_line(tmp_path, monkeypatch):
     data._CACHE.clear()
     with pytest.raises(HarnessError, match=r"o/d/default/test .*line 2"):
         data.load_split("o/d", "default", "test")
+
+
+def _arc_data(tmp_path, damage, row: int) -> tuple:
+    """A data folder with a few ARC-Easy rows, row `row` of the train split (the pool) changed by `damage`."""
+    import json
+
+    from conftest import SHARED_DATA
+
+    source, folder = SHARED_DATA / "allenai/ai2_arc/ARC-Easy", tmp_path / "allenai/ai2_arc/ARC-Easy"
+    folder.mkdir(parents=True)
+    rows = {}
+    for split in ("test", "train"):
+        with (source / f"{split}.jsonl").open() as fh:
+            rows[split] = [json.loads(next(fh)) for _ in range(8)]
+    rows["train"][row] = damage(rows["train"][row])
+    for split, split_rows in rows.items():
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split_rows))
+    return rows["train"][row]
+
+
+@needs_data
+@pytest.mark.parametrize("damage,expected", [
+    (lambda r: {**r, "answerKey": "Q"}, "answer key 'Q' is not among its choice labels {labels}"),
+    (lambda r: {**r, "choices": {**r["choices"], "text": r["choices"]["text"][:-1]}},
+     "{n} choice labels but {m} choice texts"),
+    (lambda r: {**r, "choices": {**r["choices"], "label": r["choices"]["label"] + ["Z"]}},
+     "{n} choice labels but {m} choice texts"),
+])
+def test_malformed_pool_rows_are_refused(tmp_path, monkeypatch, damage, expected):
+    """Pool rows get the checks eval rows get: a row whose answer is not one of its choices stops the run."""
+    from harness import data
+    from harness.tasks import TaskHandle
+
+    row = _arc_data(tmp_path, damage, row=5)
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path))
+    data._CACHE.clear()
+    with pytest.raises(HarnessError) as err:
+        TaskHandle.from_cfg(compose("task=arc_easy").task)
+    message = str(err.value)
+    labels, texts = row["choices"]["label"], row["choices"]["text"]
+    assert message.startswith("task arc_easy: malformed row 5 of split allenai/ai2_arc/ARC-Easy/train (local:")
+    assert expected.format(labels=labels, n=len(labels), m=len(texts)) in message
+    assert message.endswith("fix or re-download that file") and "\n" not in message
+
+
+@needs_data
+def test_carved_pool_rows_are_checked_too(tmp_path, monkeypatch):
+    """PIQA's pool is carved from its validation split: a bad label there is refused whichever side it lands."""
+    import json
+
+    from harness import data
+    from harness.tasks import TaskHandle
+    from conftest import SHARED_DATA
+
+    folder = tmp_path / "ybisk/piqa/default"
+    folder.mkdir(parents=True)
+    with (SHARED_DATA / "ybisk/piqa/default/validation.jsonl").open() as fh:
+        rows = [json.loads(next(fh)) for _ in range(12)]
+    rows[7]["label"] = 2
+    (folder / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path))
+    data._CACHE.clear()
+    with pytest.raises(HarnessError, match=r"task piqa: malformed row 7 of split ybisk/piqa/default/validation .*"
+                                           r"label 2 is not a choice index 0\.\.1"):
+        TaskHandle.from_cfg(compose("task=piqa").task)
+
+
+def test_a_data_file_without_rows_is_one_clear_error(tmp_path, monkeypatch):
+    from harness import data
+
+    folder = tmp_path / "o" / "d" / "default"
+    folder.mkdir(parents=True)
+    (folder / "test.jsonl").write_text("\n\n")
+    (folder / "train.jsonl").write_text('[1, 2]\n')
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path))
+    data._CACHE.clear()
+    with pytest.raises(HarnessError, match=r"o/d/default/test: .*test.jsonl holds no rows: re-copy that file"):
+        data.load_split("o/d", "default", "test")
+    with pytest.raises(HarnessError, match=r"o/d/default/train .*line 1\): a JSON list, not an object"):
+        data.load_split("o/d", "default", "train")

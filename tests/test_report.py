@@ -222,3 +222,49 @@ def test_rows_of_one_strategy_in_one_plot_panel_are_told_apart(tmp_path):
     assert list(lora.setting) == ["", ""]  # alone in their budget's rows of the table
     assert sorted(lora.panel_setting) == ["budget=steps_300", "budget=steps_50"]  # but one panel: named apart
     assert lora.loc["steps_300"].p_vs_base == pytest.approx(0.5)  # paired with the base of another budget
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_report_folder_is_replaced_whole(tmp_path, monkeypatch, exchange):
+    """The report is built beside its folder and swapped in: pages it no longer writes go, files it does not
+    own (a README beside a committed report) stay, and what a killed build left is cleaned up."""
+    if not exchange:  # where the system has no atomic exchange of two folders
+        monkeypatch.setattr(report, "_exchange", lambda a, b: False)
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _record(runs / "a", "base", [1, 0, 1, 0])
+    report.build(out, runs_dir=runs)
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(first) == report.REPORT_FILES
+    stale_page = sorted(report.SECTIONS)[0]  # a strategy's page, from records that are gone now
+    (out / stale_page).write_text("old page\n")
+    (out / "README.md").write_text("how this report was made\n")
+    (tmp_path / ".out.new-0badc0de").mkdir()  # a build killed while writing
+    (tmp_path / ".out.new-0badc0de" / "leaderboard.md").write_text("half")
+    report.build(out, runs_dir=runs)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {**first, "README.md": b"how this report was made\n"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "runs"]
+    # killed between the two renames of a swap without renameat2: the previous report is put back first
+    held = tmp_path / ".out.old-0badc0de"
+    held.mkdir()
+    out.rename(held / "out")
+    report._clean_leftovers(out)
+    assert (out / "README.md").is_file() and not held.exists()
+
+
+def test_unreadable_records_are_skipped_and_named(tmp_path, capsys):
+    _record(tmp_path / "base", "base", [1, 0, 1, 0])
+    _record(tmp_path / "lora", "lora", [1, 1, 1, 0])
+    _record(tmp_path / "shape", "icl", [1, 1, 1, 1])
+    record = store.read_record(tmp_path / "shape")
+    record["cell"]["seed"] = "0"  # valid JSON, wrong shape
+    (tmp_path / "shape" / "record.json").write_text(__import__("json").dumps(record))
+    _record(tmp_path / "cut", "icl", [1, 1, 1, 1], seed=1)
+    samples = (tmp_path / "cut" / "samples.jsonl").read_text()
+    (tmp_path / "cut" / "samples.jsonl").write_text(samples[: len(samples) // 2 + 5])  # cut inside a line
+    text = report.build(tmp_path / "out", runs_dir=tmp_path)
+    err = capsys.readouterr().err
+    assert "skipped 2 unreadable record(s): " in err
+    assert f"{tmp_path / 'shape' / 'record.json'} (cell.seed is str, not int)" in err
+    assert f"{tmp_path / 'cut' / 'samples.jsonl'} (samples.jsonl unreadable: " in err
+    board = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert sorted(board.strategy) == ["base", "lora"] and "| icl |" not in text

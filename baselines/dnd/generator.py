@@ -116,7 +116,10 @@ def _load(folder: Path, key: str, preset: GeneratorPreset) -> TrainedGenerator |
     from safetensors.torch import load_file
 
     gen = Generator(preset)
-    gen.load_state_dict(load_file(str(folder / WEIGHTS)))
+    try:
+        gen.load_state_dict(load_file(str(folder / WEIGHTS)))
+    except Exception:  # damaged weights (a truncated copy, a full disk): the generator is trained again
+        return None
     return TrainedGenerator(key, folder, preset, gen.eval(), PhaseCost.from_dict(info["cost"]), info)
 
 
@@ -180,16 +183,20 @@ def meta_train(preset: GeneratorPreset, encoder: ConditionEncoder, entries: list
                                "generator_key": key, "generator_params": sum(p.numel() for p in params)})
     work = folder.with_name(folder.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}, str(work / WEIGHTS))
     # The loss curve, every `log_every` steps and the last one, is kept with the generator.
     curve = [[i, losses[i]] for i in range(0, len(losses), settings.log_every)] + [[len(losses) - 1, losses[-1]]]
     info = {"key": key, "preset": preset.name, "encoder": encoder.name, "settings": asdict(settings),
             "bank": bank, "library": {e.task: e.key for e in entries}, "loss_curve": curve,
             "cost": meter.cost.to_dict()}
-    store.write_json_atomic(work / GENERATOR, info)
-    shutil.rmtree(folder, ignore_errors=True)
-    work.rename(folder)
+    try:
+        work.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}, str(work / WEIGHTS))
+        store.write_json_atomic(work / GENERATOR, info)
+        shutil.rmtree(folder, ignore_errors=True)
+        work.rename(folder)
+    except Exception:  # a full disk leaves no half-written generator
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     return TrainedGenerator(key, folder, preset, gen.cpu(), meter.cost, info), False
 
 

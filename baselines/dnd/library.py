@@ -21,6 +21,7 @@ from harness import provenance, store
 from harness.budget import Budget, TrainingBudget
 from harness.costs import PhaseCost, PhaseMeter
 from harness.errors import HarnessError
+from harness.models import adapter_problem
 from harness.settings import CONFIG_DIR
 from harness.tasks import TaskHandle
 from harness.trainer import LoraSettings, predict_train_flops, train_lora
@@ -96,8 +97,11 @@ def _read(folder: Path, key: str) -> LibraryEntry | None:
         return None
     if data.get("key") != key:
         return None
-    return LibraryEntry(data["task"], key, folder, [folder / p for p in data["checkpoints"]],
-                        folder / data["adapter"], PhaseCost.from_dict(data["cost"]))
+    entry = LibraryEntry(data["task"], key, folder, [folder / p for p in data["checkpoints"]],
+                         folder / data["adapter"], PhaseCost.from_dict(data["cost"]))
+    if any(adapter_problem(path) for path in [entry.adapter, *entry.checkpoints]):
+        return None  # a damaged adapter (a truncated copy, a full disk): the entry is trained again
+    return entry
 
 
 def _folder(root: Path, task: TaskHandle, key: str) -> Path:
@@ -128,21 +132,25 @@ def collect_entry(task: TaskHandle, model, tokenizer, model_cfg: dict, settings:
         f"last {settings.checkpoints} saved)")
     work = folder.with_name(folder.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    examples = [task.training_example(d) for d in task.sample_pool(None, settings.seed)]
-    budget = TrainingBudget(Budget(f"collect_{settings.steps}_steps", "steps", settings.steps, 0, "excluded"))
-    with PhaseMeter("collect", device) as meter:
-        result = train_lora(model, tokenizer, examples, budget, settings.lora(), work, meter, seed=settings.seed,
-                            progress=progress)
-    meter.cost.details.update({"task": task.name, "steps": result.steps,
-                               "sequences_processed": result.sequences_processed,
-                               "first_loss": result.losses[0], "final_loss": result.losses[-1],
-                               "checkpoints": len(result.trajectory), "entry_key": key})
-    rel = [str(Path(p).relative_to(work)) for p in result.trajectory]
-    store.write_json_atomic(work / ENTRY, {"key": key, "task": task.name, "settings": asdict(settings),
-                                           "data": task.pool_info.fingerprints, "checkpoints": rel,
-                                           "adapter": "adapter", "losses": result.losses,
-                                           "cost": meter.cost.to_dict()})
-    shutil.rmtree(folder, ignore_errors=True)
-    work.rename(folder)
+    try:
+        work.mkdir(parents=True)
+        examples = [task.training_example(d) for d in task.sample_pool(None, settings.seed)]
+        budget = TrainingBudget(Budget(f"collect_{settings.steps}_steps", "steps", settings.steps, 0, "excluded"))
+        with PhaseMeter("collect", device) as meter:
+            result = train_lora(model, tokenizer, examples, budget, settings.lora(), work, meter, seed=settings.seed,
+                                progress=progress)
+        meter.cost.details.update({"task": task.name, "steps": result.steps,
+                                   "sequences_processed": result.sequences_processed,
+                                   "first_loss": result.losses[0], "final_loss": result.losses[-1],
+                                   "checkpoints": len(result.trajectory), "entry_key": key})
+        rel = [str(Path(p).relative_to(work)) for p in result.trajectory]
+        store.write_json_atomic(work / ENTRY, {"key": key, "task": task.name, "settings": asdict(settings),
+                                               "data": task.pool_info.fingerprints, "checkpoints": rel,
+                                               "adapter": "adapter", "losses": result.losses,
+                                               "cost": meter.cost.to_dict()})
+        shutil.rmtree(folder, ignore_errors=True)
+        work.rename(folder)
+    except Exception:  # a failed build (a full disk, a refused budget) leaves no half-written entry
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     return _read(folder, key), False

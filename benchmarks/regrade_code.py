@@ -54,7 +54,7 @@ def main() -> None:
                 if bool(was["passed"]) != bool(now["passed"]):
                     changed.append((cell, sample["doc_id"], i, was, now))
         rows.append((cell["task"], cell["strategy"], total, before, after, statuses))
-    print(f"Re-graded with the current graders: `{' '.join(['benchmarks/regrade_code.py', *sys.argv[1:]])}`\n")
+    print(f"Re-graded with the current graders: `{' '.join(['.venv/bin/python benchmarks/regrade_code.py', *sys.argv[1:]])}`\n")
     print("| task | strategy | samples | passed (recorded) | passed (re-graded) | verdicts changed | statuses now |")
     print("|---|---|---|---|---|---|---|")
     for task, strategy, total, before, after, statuses in sorted(rows):

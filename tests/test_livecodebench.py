@@ -339,7 +339,7 @@ def test_only_a_json_string_or_plain_list_is_accepted(value, message):
     ("", "", True), ("", "0", False),
 ])
 def test_stdout_matches_line_by_line_with_exact_decimals(got, expected, same):
-    from harness import lcb_judge
+    from harness.livecodebench import lcb_judge
 
     why = lcb.compare_stdout(got, expected)
     assert (why is None) == same, why
@@ -361,7 +361,7 @@ def test_code_is_taken_from_an_answer_as_lcb_runner_takes_it():
 
 # ------------------------------------------------------------------------------ grading in the sandbox
 
-needs_sandbox = pytest.mark.skipif(not (Path(lcb.__file__).parent / "sandbox" / "__init__.py").exists(),
+needs_sandbox = pytest.mark.skipif(not (Path(lcb.__file__).parents[1] / "sandbox" / "__init__.py").exists(),
                                    reason="harness/sandbox is not in this checkout")
 
 

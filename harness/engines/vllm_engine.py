@@ -31,6 +31,7 @@ only (no lm_head wrapper), and adapters that target other modules are refused.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -405,12 +406,37 @@ def _lm_eval_vllm_module():
     return importlib.import_module(name)
 
 
+_CONSTRUCTING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _constructed_around(mod, engine, tokenizer):
+    """While lm-eval's `VLLM.__init__` runs, the two factories it builds with (its module's `LLM` and
+    `get_tokenizer`) hand back the cached engine and the tokenizer: the constructor runs as lm-eval wrote
+    it (settings, pad token, chat template) and no second engine is built."""
+    missing = [name for name in ("LLM", "get_tokenizer") if not hasattr(mod, name)]
+    if missing:
+        raise HarnessError(f"lm-eval {_lm_eval_version()}'s vLLM backend has no {', '.join(missing)} to hand the "
+                           "cached engine to: install lm-eval==0.4.13 in the vLLM virtualenv")
+    with _CONSTRUCTING:
+        factories = mod.LLM, mod.get_tokenizer
+        mod.LLM, mod.get_tokenizer = (lambda *a, **kw: engine), (lambda *a, **kw: tokenizer)
+        try:
+            yield
+        finally:
+            mod.LLM, mod.get_tokenizer = factories
+
+
+def _lm_eval_version() -> str:
+    import importlib.metadata as md
+
+    return md.version("lm_eval")
+
+
 @functools.lru_cache(maxsize=None)
 def vllm_lm_class():
     """lm-eval's `VLLM`, built around an existing engine and one adapter, with its costs metered."""
     mod = _lm_eval_vllm_module()
-    from lm_eval.api.model import TemplateLM
-    from lm_eval.models.utils import configure_pad_token
 
     class MeteredVLLM(mod.VLLM):
         def __init__(self, engine, *, adapter_dir: str | None = None, meter=None, shape: ModelShape | None = None,
@@ -418,27 +444,18 @@ def vllm_lm_class():
                      max_length: int | None = None, add_bos_token: bool | None = None,
                      prefix_token_id: int | None = None, truncation_side: str = "left",
                      chat_template_args: dict | None = None, progress: bool = False, seed: int | None = None):
-            TemplateLM.__init__(self)  # VLLM.__init__ would build a second engine: set its fields here
             model_config = engine.llm_engine.model_config
-            self.model = engine
-            self.model_args = engine_info(engine)
-            self.think_end_token = None
-            self.enable_thinking = None
-            self._max_length = max_length
-            self.tensor_parallel_size = 1
-            self.data_parallel_size = 1
-            self.truncation_side = truncation_side
-            self.batch_size = "auto" if isinstance(batch_size, str) and "auto" in batch_size else int(batch_size)
-            self.add_bos_token = add_bos_token
-            self._config = model_config.hf_config
-            self.tokenizer = configure_pad_token(tokenizer or engine.get_tokenizer(), model_config=self._config)
-            self.chat_template_args = dict(chat_template_args or {})
-            self.hf_chat_template = mod.resolve_hf_chat_template(
-                tokenizer=self.tokenizer, chat_template=None, tools=None, model_config=model_config)
-            self.custom_prefix_token_id = prefix_token_id
-            self._max_gen_toks = int(max_gen_toks)
+            model = engine_info(engine).get("model") or model_config.model
+            with _constructed_around(mod, engine, tokenizer or engine.get_tokenizer()):
+                super().__init__(model, tokenizer=None, max_gen_toks=int(max_gen_toks), batch_size=batch_size,
+                                 max_length=max_length, add_bos_token=add_bos_token, prefix_token_id=prefix_token_id,
+                                 truncation_side=truncation_side, chat_template_args=dict(chat_template_args or {}))
+            if self.model is not engine:
+                raise HarnessError(f"lm-eval {_lm_eval_version()}'s VLLM built an engine of its own instead of using "
+                                   "the cached one: install lm-eval==0.4.13 in the vLLM virtualenv")
+            self.model_args = engine_info(engine)  # what the engine was built with, not lm-eval's unused defaults
             self.lora_request = adapter_request(adapter_dir, engine) if adapter_dir else None
-            base = shape or shape_from_config(engine_info(engine).get("model") or model_config.model)
+            base = shape or shape_from_config(model)
             self.shape = replace(base, lora_params=adapter_lora_params(adapter_dir)) if adapter_dir else base
             self.meter = meter
             self.progress = progress
@@ -467,12 +484,14 @@ def vllm_lm_class():
             if not generate or sampling_params is None:  # loglikelihood: as lm-eval's VLLM does
                 sampling_params = SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False)
             elif self.seed is not None:  # one seed per request: the cell's seed, its prompt, its repeat number
+                # lm-eval 0.4.13's generate_until hands over one SamplingParams per request, older ones a single one
+                given = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(requests)
                 params = []
-                for r in requests:
+                for r, one in zip(requests, given):
                     digest = hashlib.sha256(json.dumps(list(r)).encode()).hexdigest()
                     nth = self._seen.get(digest, 0)
                     self._seen[digest] = nth + 1
-                    p = copy.copy(sampling_params)
+                    p = copy.copy(one)
                     p.seed = request_seed(self.seed, digest, nth)
                     params.append(p)
                 sampling_params = params

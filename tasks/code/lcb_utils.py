@@ -1,6 +1,6 @@
 """Hooks for tasks/code/livecodebench.yaml (lm-eval `!function` targets).
 
-Data, grading and the pool rule live in harness/livecodebench.py. Here: the prompt, the answer a
+Data, grading and the pool rule live in harness/livecodebench/. Here: the prompt, the answer a
 demonstration shows, and scoring. Hub rows carry no reference solution, so a LiveCodeBench pool
 cannot supply demonstrations or labeled training examples. Asking for them raises an error rather
 than silently showing empty answers. A row with a `reference_solution` field (the test fixtures have

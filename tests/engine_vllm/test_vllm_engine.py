@@ -238,6 +238,23 @@ def test_lm_generate_until_honors_stops_and_sampling(model_dir, adapters, engine
     assert rendered == lm.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
 
 
+def test_the_cell_seed_seeds_each_sampled_request_on_its_own(model_dir, adapters, engine):
+    """make_lm(seed=...), as harness/evaluate.py calls it: lm-eval 0.4.13's generate_until hands over one
+    SamplingParams per request, each gets its own seed from the cell's seed, the prompt and its repeat."""
+    from lm_eval.api.instance import Instance
+
+    def sample(seed):
+        lm = ve.make_lm(model_dir, adapter_dir=adapters["A"], engine_cfg=SETTINGS, seed=seed)
+        assert lm.model is engine
+        reqs = [Instance("generate_until", {}, (PROMPTS[1], {"until": [], "max_gen_toks": 16, "do_sample": True,
+                                                            "temperature": 1.0}), i) for i in range(2)]
+        return lm.generate_until(reqs, disable_tqdm=True)
+
+    first = sample(5)
+    assert first == sample(5) and first[0] != first[1] and sample(6) != first
+    assert ve._lm_eval_vllm_module().LLM is vllm.LLM  # lm-eval's own factory is back after each construction
+
+
 def test_generate_with_adapters_sampling_n(engine, adapters):
     outs = ve.generate_with_adapters(engine, PROMPTS[:2], [adapters["A"], None],
                                      {"temperature": 0.8, "top_p": 0.9, "n": 3, "max_tokens": 8, "seed": 3})

@@ -1,6 +1,6 @@
 """lcb_runner's rules for grading one LiveCodeBench sample, as a program the sandbox runs (grading=lcb_runner).
 
-harness/livecodebench.py runs this file as the sandbox's main.py, once per sample, with a JSON job on
+grading.py beside it runs this file as the sandbox's main.py, once per sample, with a JSON job on
 stdin: {"code", "fn_name" (null: a stdin/stdout program), "prelude" (the names lcb_runner imports before
 a solution), "inputs", "outputs" (public tests, then private ones), "timeout_s", "backstop_s", "token"}.
 It grades the sample the way lcb_runner's `testing_util.run_test` does, in one process, and reports on the

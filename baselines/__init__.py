@@ -1,2 +1,2 @@
-"""Built-in strategies; importing this package registers them."""
-from baselines import adapter, base, dnd, icl, lora  # noqa: F401
+"""Built-in strategies. They register through the `harness.strategies` entry points in pyproject.toml,
+so importing this package loads none of them."""

@@ -1,20 +1,29 @@
 """adapter: evaluate an existing peft LoRA adapter folder (yours, or one another tool produced)."""
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.budget import BudgetUse
 from harness.errors import HarnessError
 from harness.models import adapter_problem
-from harness.strategy import AdaptContext, Adaptation, register_strategy
+from harness.strategy import AdaptContext, Adaptation, Strategy
+from harness.strategy_settings import settings_from
 
 
-@register_strategy("adapter")
-class ExistingAdapter:
+@dataclass(frozen=True)
+class AdapterSettings:
+    """configs/strategy/adapter.yaml."""
+
+    path: str | None  # the peft adapter folder (required at run time: strategy.path=...)
+    labels_used: int | None  # labels that made it, when known (charged on an examples budget)
+
+
+class ExistingAdapter(Strategy):
     def validate(self, settings) -> None:
-        path = settings.get("path")
+        path = settings_from(AdapterSettings, settings).path
         if not path:
             raise HarnessError("strategy=adapter needs a folder: add strategy.path=/path/to/adapter")
-        folder = Path(str(path)).expanduser()
+        folder = Path(path).expanduser()
         if not folder.is_dir():
             raise HarnessError(f"adapter path {folder} does not exist: pass strategy.path=<a peft adapter folder>")
         if not (folder / "adapter_config.json").is_file():
@@ -38,7 +47,7 @@ class ExistingAdapter:
 
         b = ctx.budget
         folder = Path(str(ctx.settings.path)).expanduser().resolve()
-        labels = ctx.settings.get("labels_used")
+        labels = settings_from(AdapterSettings, ctx.settings).labels_used
         weights = folder / "adapter_model.safetensors"
         # Served unmerged: every query pays 2 FLOPs per adapter weight and token processed.
         n_lora = sum(t.numel() for k, t in load_file(str(weights)).items() if "lora_" in k) if weights.is_file() else 0

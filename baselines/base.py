@@ -1,13 +1,9 @@
 """base: the model as it is, zero-shot. Consumes nothing."""
 from harness.budget import BudgetUse
-from harness.strategy import AdaptContext, Adaptation, register_strategy
+from harness.strategy import AdaptContext, Adaptation, Strategy
 
 
-@register_strategy("base")
-class Base:
-    def validate(self, settings) -> None:
-        pass
-
+class Base(Strategy):
     def uses_seed(self, settings) -> bool:
         return False
 

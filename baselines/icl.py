@@ -7,13 +7,25 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 
 import torch
 
 from harness.budget import BudgetUse
 from harness.config_checks import as_int
 from harness.errors import HarnessError
-from harness.strategy import AdaptContext, Adaptation, register_strategy
+from harness.strategy import AdaptContext, Adaptation, Strategy
+from harness.strategy_settings import settings_from
+
+
+@dataclass(frozen=True)
+class InContextSettings:
+    """configs/strategy/icl.yaml."""
+
+    shots: int  # demonstrations wanted; fewer when the budget or the context window cannot hold them
+
+    def __post_init__(self) -> None:
+        as_int(self.shots, "strategy.shots", minimum=0)
 
 
 def build_prefix(ctx: AdaptContext, demos: list[dict]) -> str:
@@ -25,14 +37,13 @@ def _rows(pool: list[dict], docs: list[dict]) -> list[int]:
     return [pool.index(d) for d in docs]
 
 
-@register_strategy("icl")
-class InContext:
+class InContext(Strategy):
     def validate(self, settings) -> None:
-        as_int(settings.shots, "strategy.shots", minimum=0)
+        settings_from(InContextSettings, settings)
 
     def adapt(self, ctx: AdaptContext) -> Adaptation:
         b = ctx.budget
-        wanted = int(ctx.settings.shots)
+        wanted = settings_from(InContextSettings, ctx.settings).shots
         demos = ctx.task.sample_pool(wanted, ctx.seed)
         pricing = ctx.pricing
 

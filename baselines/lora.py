@@ -2,35 +2,51 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from harness.budget import BudgetUse, TrainingBudget
 from harness.config_checks import as_float, as_int
 from harness.costs import PhaseMeter
 from harness.errors import BudgetTooSmall
-from harness.strategy import AdaptContext, Adaptation, register_strategy
-from harness.trainer import LoraSettings, lora_param_count, train_lora
+from harness.pricing import lora_serving
+from harness.strategy import AdaptContext, Adaptation, Strategy
+from harness.strategy_settings import settings_from
+from harness.trainer import LoraSettings, train_lora
 
 
-@register_strategy("lora")
-class LoraTuning:
-    def validate(self, settings) -> None:
-        as_int(settings.get("shots"), "strategy.shots (null for full-shot)", minimum=1, allow_none=True)
+@dataclass
+class LoraTuningSettings(LoraSettings):
+    """configs/strategy/lora.yaml: the trainer's settings plus which examples it sees and for how long."""
+
+    shots: int | None  # k examples from the pool; null: the whole pool (full-shot)
+    epochs: float | None  # passes over the examples; null: until the budget is spent
+
+    def __post_init__(self) -> None:
+        as_int(self.shots, "strategy.shots (null for full-shot)", minimum=1, allow_none=True)
         for key in ("rank", "batch_size", "max_length"):
-            as_int(settings.get(key), f"strategy.{key}", minimum=1)
-        as_int(settings.get("max_steps"), "strategy.max_steps", minimum=1, allow_none=True)
-        as_int(settings.get("checkpoint_every"), "strategy.checkpoint_every", minimum=1, allow_none=True)
-        as_float(settings.get("lr"), "strategy.lr", positive=True)
-        if settings.get("epochs") is not None:
-            as_float(settings.get("epochs"), "strategy.epochs (null: train until the budget is spent)", positive=True)
-        as_float(settings.get("alpha"), "strategy.alpha", positive=True)
-        LoraSettings.from_cfg(settings)
+            as_int(getattr(self, key), f"strategy.{key}", minimum=1)
+        as_int(self.max_steps, "strategy.max_steps", minimum=1, allow_none=True)
+        as_int(self.checkpoint_every, "strategy.checkpoint_every", minimum=1, allow_none=True)
+        as_float(self.lr, "strategy.lr", positive=True)
+        if self.epochs is not None:
+            as_float(self.epochs, "strategy.epochs (null: train until the budget is spent)", positive=True)
+        as_float(self.alpha, "strategy.alpha", positive=True)
+
+    def trainer(self) -> LoraSettings:
+        """The trainer's part alone (what train_lora logs with the adapter)."""
+        return LoraSettings(**{f.name: getattr(self, f.name) for f in fields(LoraSettings)})
+
+
+class LoraTuning(Strategy):
+    def validate(self, settings) -> None:
+        settings_from(LoraTuningSettings, settings)
 
     def adapt(self, ctx: AdaptContext) -> Adaptation:
         b = ctx.budget
-        shots = ctx.settings.get("shots")
-        docs = ctx.task.sample_pool(int(shots) if shots is not None else None, ctx.seed)
+        tuning = settings_from(LoraTuningSettings, ctx.settings)
+        shots = tuning.shots
+        docs = ctx.task.sample_pool(shots, ctx.seed)
         labels_cut = ""
         if b.kind == "examples":  # the budget counts distinct labeled examples: the first `amount` of the draw
             allowed = int(b.amount)
@@ -40,8 +56,8 @@ class LoraTuning:
                 labels_cut = f"the budget allows {allowed} labeled examples of the {len(docs)} drawn"
                 docs = docs[:allowed]
         examples = [ctx.task.training_example(d) for d in docs]
-        settings = LoraSettings.from_cfg(ctx.settings)
-        epochs = ctx.settings.get("epochs")
+        settings = tuning.trainer()
+        epochs = tuning.epochs
         if epochs is None and b.kind == "examples":
             epochs = 1  # the labels are fixed; one pass over them unless strategy.epochs asks for more
         if epochs is not None:  # e.g. the DnD paper's few-shot runs: 3 epochs at batch 1
@@ -49,8 +65,7 @@ class LoraTuning:
             settings = replace(settings, max_steps=min(cap, settings.max_steps or cap))
         # The adapter is served unmerged, so every query pays 2·N_lora per token it processes (generated
         # ones included): on a FLOP budget that share of the horizon is reserved before training.
-        n_lora = lora_param_count(ctx.model, settings)
-        per_query_extra = ctx.pricing.extra(lora_params=n_lora)
+        per_query_extra, n_lora = lora_serving(ctx.pricing, ctx.model, settings)
         reserved = b.horizon * per_query_extra if b.kind == "flops" else 0.0
         if reserved >= b.amount:
             raise BudgetTooSmall(f"budget {b.name}: serving the adapter to {b.horizon} queries (~{reserved:.3g} "

@@ -27,14 +27,17 @@ def main() -> None:
     from harness.costs import PhaseMeter
     from harness.models import load_model, resolve_device, resolve_dtype
     from harness.tasks import TaskHandle
-    from harness.trainer import LoraSettings, train_lora
+    from baselines.lora import LoraTuningSettings
+    from harness.strategy_settings import settings_from
+    from harness.trainer import train_lora
 
     device = resolve_device("auto")
-    cfg = compose_config([f"model={args.model}", f"task={args.task}"])
+    cfg = compose_config([f"model={args.model}", f"task={args.task}", "strategy=lora",
+                          f"strategy.batch_size={args.batch_size}"])
     loaded = load_model(cfg.model, device, resolve_dtype("auto", device))
     task = TaskHandle.from_cfg(cfg.task)
     examples = [task.labeled_example(d) for d in task.sample_pool(256, 0)]
-    settings = LoraSettings(batch_size=args.batch_size)
+    settings = settings_from(LoraTuningSettings, cfg.strategy).trainer()  # the values of configs/strategy/lora.yaml
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, steps in (("warm-up", 2), ("timed", args.steps)):

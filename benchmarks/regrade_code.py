@@ -54,7 +54,8 @@ def main() -> None:
                 if bool(was["passed"]) != bool(now["passed"]):
                     changed.append((cell, sample["doc_id"], i, was, now))
         rows.append((cell["task"], cell["strategy"], total, before, after, statuses))
-    print(f"Re-graded with the current graders: `{' '.join(['.venv/bin/python benchmarks/regrade_code.py', *sys.argv[1:]])}`\n")
+    command = " ".join([".venv/bin/python benchmarks/regrade_code.py", *sys.argv[1:]])
+    print(f"Re-graded with the current graders: `{command}`\n")
     print("| task | strategy | samples | passed (recorded) | passed (re-graded) | verdicts changed | statuses now |")
     print("|---|---|---|---|---|---|---|")
     for task, strategy, total, before, after, statuses in sorted(rows):

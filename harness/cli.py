@@ -24,7 +24,6 @@ INFO_FLAGS = {"--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
 FINISHED: list[Path] = []  # cells run or skipped by this process (basic launcher)
 FAILED: list[str] = []  # one-line errors of cells that could not run
 ROOTS: list[Path] = []  # runs_dir of each cell, as composed
-LISTS: dict = {}  # extra `harness list NAME` pages that strategies contribute: name → function printing it
 
 
 def options(group: str) -> list[str]:
@@ -173,15 +172,16 @@ def _summary_exit() -> int:
 def cmd_list(what: str) -> None:
     from omegaconf import OmegaConf
 
-    import baselines  # noqa: F401  (strategies register their own lists)
-
-    if what in LISTS:
-        LISTS[what]()
-        return
     group = PLURALS.get(what, what)
-    if group not in GROUPS:
-        raise HarnessError(f"nothing called {what!r} to list: use one of tasks, strategies, models, budgets, "
-                           f"experiments, engines, {', '.join(LISTS)}")
+    if group not in GROUPS:  # a page a registered strategy adds (Strategy.list_pages), e.g. dnd-presets
+        from harness.strategy import list_pages
+
+        pages = list_pages()
+        if what not in pages:
+            raise HarnessError(f"nothing called {what!r} to list: use one of tasks, strategies, models, budgets, "
+                               f"experiments, engines, {', '.join(pages)}")
+        pages[what]()
+        return
     def load(name: str):  # a group option merged over the options it names in its defaults list
         cfg = OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")
         parents = [d for d in cfg.get("defaults", []) if isinstance(d, str) and d != "_self_"]

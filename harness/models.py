@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from harness.artifacts import get_or_build
 from harness.errors import HarnessError, first_line
 from harness.settings import CONFIG_DIR, cache_dir
 
@@ -73,30 +71,27 @@ def gguf_cache(package: str, gguf_file: str, name: str) -> Path:
     if not source.is_file():
         raise HarnessError(f"{gguf_file} not found in package {package}: reinstall it (make setup)")
     target = cache_dir() / "models" / f"{name}-{_file_digest(source)}"
-    if (target / ".complete").is_file():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"[harness] converting {gguf_file} to a cached safetensors folder (once, ~20 s) ...", file=sys.stderr)
-    tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=gguf_file)
-    quantized = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=gguf_file, dtype=torch.float32)
-    config = quantized.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the weights are dequantized; the folder is plain safetensors
-    plain = AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(quantized.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+    def convert(staging: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        print(f"[harness] converting {gguf_file} to a cached safetensors folder (once, ~20 s) ...", file=sys.stderr)
+        tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=gguf_file)
+        quantized = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=gguf_file,
+                                                         dtype=torch.float32)
+        config = quantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # the weights are dequantized; the folder is plain safetensors
+        plain = AutoModelForCausalLM.from_config(config)
+        plain.load_state_dict(quantized.state_dict())
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / ".complete").write_text(f"{source}\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    # Under a lock (harness/artifacts.py): cells that start at once on a fresh cache convert it once.
+    folder, _ = get_or_build(target, lambda found: found if (found / ".complete").is_file() else None, convert,
+                             f"the converted model {name}")
+    return folder
 
 
 def _load_pretrained(location: str, dtype: torch.dtype, what: str, revision: str | None = None):

@@ -18,7 +18,7 @@ from functools import lru_cache
 
 from harness.flops import ModelShape
 from harness.tasks import TaskHandle
-from harness.trainer import encode_pair
+from harness.trainer import LoraSettings, encode_pair, lora_param_count
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HF model when a task sets none
 SAMPLE_DOCS = 64
@@ -136,3 +136,10 @@ class QueryPricer:
         generative = self.task.generative
         return {"gen_tokens": self.output.tokens if generative else None,
                 "gen_tokens_source": self.output.source if generative else None}
+
+
+def lora_serving(pricing: QueryPricer, model, lora: LoraSettings) -> tuple[float, int]:
+    """(extra FLOPs per query, adapter weights) of serving the LoRA that `lora` trains on `model`, unmerged:
+    every query pays 2·N_lora per token it processes, generated ones included (a budget reserves horizon × it)."""
+    n_lora = lora_param_count(model, lora)
+    return pricing.extra(lora_params=n_lora), n_lora

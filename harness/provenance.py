@@ -195,12 +195,20 @@ def current_inputs(config: dict, _tasks: dict | None = None) -> dict:
     if task_key not in memo:
         memo[task_key] = dict(TaskHandle.from_cfg(cfg.task).pool_info.fingerprints)
     current = {**environment(cfg.model), "data": memo[task_key]}
-    strategy = get_strategy(cfg.strategy.impl)
-    if hasattr(strategy, "fingerprint"):
-        current["strategy"] = strategy.fingerprint(cfg.strategy)
-    if hasattr(strategy, "reads_tasks"):
-        current["tasks"] = {name: task_data(name) for name in strategy.reads_tasks(cfg)}
-    return current
+    return {**current, **strategy_inputs(get_strategy(cfg.strategy.impl), cfg)}
+
+
+def strategy_inputs(strategy, cfg) -> dict:
+    """What a strategy reads beyond the config and the target's data: a digest of its own inputs (an adapter's
+    files) and the data of other tasks it learns from (DnD's library). A hook left at its default adds nothing."""
+    out = {}
+    digest = strategy.fingerprint(cfg.strategy)
+    if digest is not None:
+        out["strategy"] = digest
+    tasks = strategy.reads_tasks(cfg)
+    if tasks:
+        out["tasks"] = {name: task_data(name) for name in tasks}
+    return out
 
 
 def stale_records(runs_dir: Path) -> list[tuple[Path, list[str]]]:

@@ -21,12 +21,9 @@ from harness import stats, store
 from harness.budget import one_off_share
 
 GROUP = ("model", "task", "budget", "strategy", "variant")  # variant: config hash without the seed
-# Extra report pages that strategies contribute: file name → (title, intro, records → Markdown or None).
-SECTIONS: dict[str, tuple] = {}
-
-
-def register_section(filename: str, title: str, intro: str, render) -> None:
-    SECTIONS[filename] = (title, intro, render)
+# Extra report pages that the registered strategies contribute (Strategy.report_pages): file name → ReportPage.
+# Filled when a report is built, from harness.strategy.report_pages().
+SECTIONS: dict = {}
 
 
 def collect(folders: list[Path] | None = None, runs_dir: Path | None = None,
@@ -475,14 +472,15 @@ def build(out_dir: Path, folders: list[Path] | None = None, runs_dir: Path | Non
     board, sig = leaderboard(records, targets)
     text = markdown(board)
     page = f"# Leaderboard\n\n{INTRO}\n\nBudgets: {_budgets_line(records)}.\n\n{text}"
-    import baselines  # noqa: F401  (strategies register their report sections)
+    from harness.strategy import report_pages
 
+    SECTIONS.update(report_pages())
     pages = {}
-    for filename, (title, intro, render) in SECTIONS.items():
-        section = render(records)
+    for filename, sec in SECTIONS.items():
+        section = sec.render(records)
         if section:
-            pages[filename] = f"# {title}\n\n{intro}\n\n{section}"
-            text += f"\n## {title}\n\n{section}"
+            pages[filename] = f"# {sec.title}\n\n{sec.intro}\n\n{section}"
+            text += f"\n## {sec.title}\n\n{section}"
 
     def write(folder: Path) -> None:
         (folder / "leaderboard.md").write_text(page)

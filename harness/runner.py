@@ -5,22 +5,21 @@ import datetime as dt
 import json
 import platform
 import random
-import shutil
-import sys
 from importlib import metadata
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from harness import provenance, store
+from harness import artifacts, provenance, store
 from harness.budget import Budget
 from harness.config_checks import as_int
+from harness.console import say
 from harness.errors import HarnessError
 from harness.evaluate import evaluate_adaptation
 from harness.flops import ModelShape
 from harness.models import adapter_problem, load_model, resolve_device, resolve_dtype
 from harness.pricing import OutputLength, QueryPricer
-from harness.strategy import AdaptContext, Adaptation, get_strategy
+from harness.strategy import AdaptContext, Adaptation, check_one_off, get_strategy
 from harness.tasks import TaskHandle
 
 PACKAGES = ("torch", "transformers", "peft", "lm_eval", "hydra-core", "datasets", "accelerate", "gguf", "numpy")
@@ -40,10 +39,6 @@ def _version(name: str) -> str | None:
         return None
 
 
-def say(message: str) -> None:
-    print(f"[harness] {message}", file=sys.stderr, flush=True)
-
-
 def run_cell(cfg) -> Path:
     """Run (or skip, if already finished) the cell `cfg` describes; return its folder."""
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -53,10 +48,9 @@ def run_cell(cfg) -> Path:
     store.check_writable(runs_dir)
     strategy = get_strategy(cfg.strategy.impl)
     strategy.validate(cfg.strategy)
-    if hasattr(strategy, "validate_cell"):
-        strategy.validate_cell(cfg)
+    strategy.validate_cell(cfg)
     config["seed"] = as_int(cfg.seed, "seed")
-    if config["seed"] != 0 and hasattr(strategy, "uses_seed") and not strategy.uses_seed(cfg.strategy):
+    if config["seed"] != 0 and not strategy.uses_seed(cfg.strategy):
         # The seed changes nothing this strategy computes: every seed is the seed-0 cell, run once.
         say(f"{config['strategy']['name']} does not use the seed: seed {config['seed']} is the seed-0 cell")
         config["seed"] = 0
@@ -79,11 +73,8 @@ def run_cell(cfg) -> Path:
     # code, package versions, model weights; the content of the data files and of a given adapter), so a
     # finished cell is skipped only when nothing it read has changed.
     task = TaskHandle.from_cfg(cfg.task)
-    inputs = {**provenance.environment(cfg.model), "data": task.pool_info.fingerprints}
-    if hasattr(strategy, "fingerprint"):
-        inputs["strategy"] = strategy.fingerprint(cfg.strategy)
-    if hasattr(strategy, "reads_tasks"):  # other tasks' data the adaptation learns from (DnD's library)
-        inputs["tasks"] = {name: provenance.task_data(name) for name in strategy.reads_tasks(cfg)}
+    inputs = {**provenance.environment(cfg.model), "data": task.pool_info.fingerprints,
+              **provenance.strategy_inputs(strategy, cfg)}
     output = output_length(config, task)  # prices generation, so it is an input: a new base cell, a new key
     if output is not None:
         inputs["output_length"] = {"tokens": output.tokens, "source": output.source}
@@ -92,66 +83,70 @@ def run_cell(cfg) -> Path:
     if store.read_record(folder, key) is not None:
         say(f"skip (finished): {label}")
         return folder
-    _, problem = store.load_record(folder)
-    if problem:
-        say(f"the record {folder / store.RECORD} is not a finished record ({problem}): running the cell again")
-    for older in store.superseded(runs_dir, config, key):
-        changed = provenance.changes((store.read_record(older) or {}).get("inputs"), inputs) or ["sweep order"]
-        say(f"the finished record at {older} was made with other inputs ({'; '.join(changed)}): kept, not reused; "
-            "`harness runs stale` lists such records")
+    # One builder per cell (harness/artifacts.py): a second `harness run` of the same cell waits for the first and
+    # skips it; a .partial folder left by a killed run is taken over with its saved adaptation.
+    with artifacts.building(folder, f"the cell {label}", say, keep=True, root=runs_dir) as build:
+        if store.read_record(folder, key) is not None:
+            say(f"skip (finished by another process meanwhile): {label}")
+            return folder
+        _, problem = store.load_record(folder)
+        if problem:
+            say(f"the record {folder / store.RECORD} is not a finished record ({problem}): running the cell again")
+        for older in store.superseded(runs_dir, config, key):
+            changed = provenance.changes((store.read_record(older) or {}).get("inputs"), inputs) or ["sweep order"]
+            say(f"the finished record at {older} was made with other inputs ({'; '.join(changed)}): kept, not reused; "
+                "`harness runs stale` lists such records")
 
-    say(f"run: {label}")
-    indices = task.eval_indices(limit, subset_seed)
-    loaded = load_model(cfg.model, device, dtype)
-    if use_chat_template(cfg, task, loaded.tokenizer):
-        task.use_chat(loaded.tokenizer)
-    pricing = QueryPricer(task, loaded.tokenizer, ModelShape.of(loaded.model), output)
+        say(f"run: {label}")
+        indices = task.eval_indices(limit, subset_seed)
+        loaded = load_model(cfg.model, device, dtype)
+        if use_chat_template(cfg, task, loaded.tokenizer):
+            task.use_chat(loaded.tokenizer)
+        pricing = QueryPricer(task, loaded.tokenizer, ModelShape.of(loaded.model), output)
 
-    work = folder.with_name(folder.name + ".partial")
-    created = not work.exists()
-    try:
-        work.mkdir(parents=True, exist_ok=True)
-        adaptation = _load_adaptation(work, key)
-        if adaptation is not None:
-            say("reusing the adaptation saved by an earlier, interrupted run")
-        else:
-            import torch
+        work = build.work
+        created = not work.exists()
+        try:
+            build.start()
+            adaptation = _load_adaptation(work, key)
+            if adaptation is not None:
+                say("reusing the adaptation saved by an earlier, interrupted run")
+            else:
+                import torch
 
-            torch.manual_seed(seed)
-            ctx = AdaptContext(model=loaded.model, tokenizer=loaded.tokenizer, task=task, budget=budget,
-                               settings=cfg.strategy, seed=seed, workdir=work, device=device,
-                               progress=bool(cfg.progress), model_name=config["model"]["name"],
-                               model_cfg=config["model"], pricing=pricing,
-                               shared_dir=runs_dir / config["model"]["name"] / "_shared")
-            adaptation = strategy.adapt(ctx)
-            store.write_json_atomic(work / store.ADAPTATION, {"key": key, "adaptation": adaptation.to_dict()})
+                torch.manual_seed(seed)
+                ctx = AdaptContext(model=loaded.model, tokenizer=loaded.tokenizer, task=task, budget=budget,
+                                   settings=cfg.strategy, seed=seed, workdir=work, device=device,
+                                   progress=bool(cfg.progress), model_name=config["model"]["name"],
+                                   model_cfg=config["model"], pricing=pricing,
+                                   shared_dir=runs_dir / config["model"]["name"] / "_shared")
+                adaptation = strategy.adapt(ctx)
+                check_one_off(strategy, cfg.strategy, adaptation)
+                store.write_json_atomic(work / store.ADAPTATION, {"key": key, "adaptation": adaptation.to_dict()})
 
-        result = evaluate_adaptation(loaded.model, loaded.tokenizer, task, adaptation, indices, batch_size, device,
-                                     count_flops=bool(cfg.engine.count_flops), engine_cfg=cfg.engine,
-                                     model_dir=loaded.info.get("cache") or loaded.info.get("hub_id"), seed=seed)
-        result.per_query["predicted"] = {"flops_analytic": pricing.flops(adaptation.prefix, adaptation.lora_params),
-                                         "queries_priced": len(pricing.docs), "priced_on": pricing.source,
-                                         **pricing.describe()}
-        settle_budget(adaptation, budget, pricing, task.eval_docs, indices, result.per_query)
-        record = _record(config, key, loaded.info, task, indices, adaptation, result, limit)
-        record["inputs"] = inputs
-        record["adaptation"] = _relocate(record["adaptation"], str(work), str(folder))  # name published paths
-        store.write_jsonl_atomic(work / store.SAMPLES, result.samples)
-        store.write_json_atomic(work / store.RECORD, record)
-        # Publish the finished cell in one rename; a stale folder of an older run is replaced.
-        if folder.exists():
-            shutil.rmtree(folder)
-        work.rename(folder)
-    except Exception as exc:
-        # A run that ends in a one-line error leaves nothing behind; an interrupted one (a kill, a bug) keeps the
-        # .partial folder, whose saved adaptation the next run reuses.
-        full = None if isinstance(exc, HarnessError) else store.write_problem(exc, work)
-        if created and (full or isinstance(exc, HarnessError)):
-            store.remove_partial(work, runs_dir)
-        if full:
-            raise HarnessError(f"cannot write the cell's files under {work.parent} ({full}): free space there, or "
-                               f"{store.RUNS_FIX}") from None
-        raise
+            result = evaluate_adaptation(loaded.model, loaded.tokenizer, task, adaptation, indices, batch_size, device,
+                                         count_flops=bool(cfg.engine.count_flops), engine_cfg=cfg.engine,
+                                         model_dir=loaded.info.get("cache") or loaded.info.get("hub_id"), seed=seed)
+            result.per_query["predicted"] = {"flops_analytic": pricing.flops(adaptation.prefix, adaptation.lora_params),
+                                             "queries_priced": len(pricing.docs), "priced_on": pricing.source,
+                                             **pricing.describe()}
+            settle_budget(adaptation, budget, pricing, task.eval_docs, indices, result.per_query)
+            record = _record(config, key, loaded.info, task, indices, adaptation, result, limit)
+            record["inputs"] = inputs
+            record["adaptation"] = _relocate(record["adaptation"], str(work), str(folder))  # name published paths
+            store.write_jsonl_atomic(work / store.SAMPLES, result.samples)
+            store.write_json_atomic(work / store.RECORD, record)
+            build.publish()  # in one rename; a stale folder of an older run is replaced
+        except Exception as exc:
+            # A run that ends in a one-line error leaves nothing behind; an interrupted one (a kill, a bug) keeps the
+            # .partial folder, whose saved adaptation the next run reuses.
+            full = None if isinstance(exc, HarnessError) else store.write_problem(exc, work)
+            if created and (full or isinstance(exc, HarnessError)):
+                store.remove_partial(work, runs_dir)
+            if full:
+                raise HarnessError(f"cannot write the cell's files under {work.parent} ({full}): free space there, or "
+                                   f"{store.RUNS_FIX}") from None
+            raise
     metric = str(cfg.task.get("metric") or "acc")
     value, err = result.metrics.get(metric, float("nan")), result.metrics.get(f"{metric}_stderr", float("nan"))
     say(f"done: {label}: {metric}={value:.4f} ± {err:.4f} (n={result.n})")

@@ -5,9 +5,11 @@ in-context prefix, or nothing, plus the cost of every phase that produced it.
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 
@@ -72,31 +74,154 @@ class Adaptation:
         return cls(**data)
 
 
-class Strategy(Protocol):
+@dataclass(frozen=True)
+class ReportPage:
+    """A page of `harness report` that a strategy contributes (e.g. DnD's leave-one-out table)."""
+
+    filename: str  # in the report folder, e.g. dnd_loo.md
+    title: str
+    intro: str
+    render: Callable[[list], str | None]  # finished records [(folder, record)] → Markdown; None leaves it out
+
+
+class Strategy:
+    """What a strategy is to the harness: `adapt`, and hooks whose defaults suit a strategy that needs none.
+
+    Subclass it and register the class under the entry point group `harness.strategies` (pyproject.toml:
+    `name = "package.module:Class"`): the name is the config's `strategy.impl`. Every hook is called for
+    every cell; a public method whose name is close to a hook's but is not one fails registration.
+    """
+
     def validate(self, settings) -> None:
-        """Check the settings before any model is loaded or compute spent (raise HarnessError)."""
+        """Check the settings (the strategy's config node) before any model is loaded or compute spent;
+        raise HarnessError. Default: nothing to check."""
 
-    # Optional: `validate_cell(cfg)` checks what needs the whole cell (e.g. the target task);
-    # `reads_tasks(cfg)` names other tasks (configs/task/) whose data the adaptation learns from: their
-    # data fingerprints then key the cell (DnD's library).
+    def validate_cell(self, cfg) -> None:
+        """Check what needs the whole cell (e.g. that the target task is not in DnD's library).
+        Default: nothing to check."""
 
-    def adapt(self, ctx: AdaptContext) -> Adaptation: ...
+    def uses_seed(self, settings) -> bool:
+        """Whether the seed changes what adapt computes. False: every seed is run once, as the seed-0 cell.
+        Default: True."""
+        return True
+
+    def fingerprint(self, settings) -> str | None:
+        """A digest of inputs outside the config that the adaptation reads (an adapter folder's files): a new
+        digest makes a new cell. Default: None (the config says everything)."""
+        return None
+
+    def reads_tasks(self, cfg) -> list[str]:
+        """Other tasks (configs/task/) whose data the adaptation learns from (DnD's library): their data
+        fingerprints key the cell. Default: none."""
+        return []
+
+    def one_off_phases(self, settings) -> tuple[str, ...]:
+        """The one-off phases (e.g. collect, meta_train) whose cost this strategy shares with other target tasks
+        (its PhaseCosts with shared_by set, which the budget's one_off policy charges and the report amortizes);
+        the runner refuses an adaptation that books an undeclared one. Default: none."""
+        return ()
+
+    def report_pages(self) -> list[ReportPage]:
+        """Pages this strategy adds to `harness report`. Default: none."""
+        return []
+
+    def list_pages(self) -> dict[str, Callable[[], None]]:
+        """`harness list NAME` pages this strategy adds: NAME → a function printing the page. Default: none."""
+        return {}
+
+    def adapt(self, ctx: AdaptContext) -> Adaptation:
+        """Turn (model, task pool, budget) into an Adaptation with the cost of every phase that made it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement adapt")
 
 
-STRATEGIES: dict[str, Callable[[], Strategy]] = {}
+HOOKS = tuple(name for name in vars(Strategy) if not name.startswith("_"))
+GROUP = "harness.strategies"  # the entry point group strategies register under
+STRATEGIES: dict[str, type[Strategy]] = {}
+_LOADED = False
 
 
-def register_strategy(name: str):
-    def wrap(cls):
-        STRATEGIES[name] = cls
-        return cls
+def register(name: str, cls: type) -> type[Strategy]:
+    """Check `cls` against the protocol and register it as `name` (what the entry points loader calls)."""
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise HarnessError(f"strategy {name!r}: {cls!r} is not a subclass of harness.strategy.Strategy: "
+                           "derive it from Strategy")
+    if cls.adapt is Strategy.adapt:
+        raise HarnessError(f"strategy {name!r}: {cls.__name__} defines no adapt method: add one")
+    ours = [k for k in cls.__mro__ if k not in (Strategy, object)  # its helper bases, not other libraries' classes
+            and (issubclass(k, Strategy) or k.__module__.split(".")[0] == cls.__module__.split(".")[0])]
+    for klass in ours:
+        for attr in vars(klass):
+            if attr.startswith("_") or attr in HOOKS:
+                continue
+            close = difflib.get_close_matches(attr, HOOKS, n=1, cutoff=0.75)
+            if close:
+                raise HarnessError(f"strategy {name!r}: {klass.__name__}.{attr} is not a strategy hook, and would "
+                                   f"never be called: did you mean {close[0]}? (a helper of that name: start it "
+                                   "with _)")
+    other = STRATEGIES.get(name)
+    if other is not None and other is not cls:
+        raise HarnessError(f"strategy {name!r} is registered twice ({other.__module__}.{other.__name__} and "
+                           f"{cls.__module__}.{cls.__name__}): uninstall one of the packages that provide it")
+    STRATEGIES[name] = cls
+    return cls
 
-    return wrap
+
+def strategies() -> dict[str, type[Strategy]]:
+    """Every registered strategy, loaded once from the `harness.strategies` entry points of installed packages."""
+    global _LOADED
+    if not _LOADED:
+        # Every distribution's entries, not only the first of each name on sys.path: a checkout's stale
+        # *.egg-info (left by a wheel build) would otherwise hide the installed metadata.
+        entries = {(e.name, e.value): (e, d.metadata["Name"]) for d in metadata.distributions()
+                   for e in d.entry_points.select(group=GROUP)}
+        for entry, dist in entries.values():
+            try:
+                cls = entry.load()
+            except Exception as exc:
+                where = f" of {dist}" if dist else ""
+                raise HarnessError(f"strategy {entry.name!r} (entry point {entry.value}{where}) cannot be imported "
+                                   f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): fix or "
+                                   "reinstall the package that provides it") from None
+            register(entry.name, cls)
+        _LOADED = True
+    return STRATEGIES
 
 
 def get_strategy(name: str) -> Strategy:
-    import baselines  # noqa: F401  (registers the built-in strategies)
+    registered = strategies()
+    if name not in registered:
+        raise HarnessError(f"unknown strategy implementation {name!r} (registered: {', '.join(sorted(registered))}): "
+                           f"use one of those, or reinstall the package that adds it to the entry points {GROUP} "
+                           "(make setup)")
+    return registered[name]()
 
-    if name not in STRATEGIES:
-        raise HarnessError(f"unknown strategy implementation {name!r}; registered: {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name]()
+
+def _pages(collect: Callable[[Strategy], dict], what: str) -> dict:
+    """name → page over every registered strategy; strategies of one package may offer the same page."""
+    out: dict = {}
+    for impl, cls in sorted(strategies().items()):
+        for key, page in collect(cls()).items():
+            if key in out and out[key] != page:
+                raise HarnessError(f"{what} {key!r} is offered by two different strategies (the second: {impl}): "
+                                   "rename one")
+            out[key] = page
+    return out
+
+
+def report_pages() -> dict[str, ReportPage]:
+    """filename → ReportPage, from every registered strategy."""
+    return _pages(lambda s: {p.filename: p for p in s.report_pages()}, "report page")
+
+
+def list_pages() -> dict[str, Callable[[], None]]:
+    """`harness list NAME` pages, from every registered strategy."""
+    return _pages(lambda s: s.list_pages(), "`harness list` page")
+
+
+def check_one_off(strategy: Strategy, settings, adaptation: Adaptation) -> None:
+    """An adaptation may share only the one-off phases its strategy declares (the report amortizes them)."""
+    declared = set(strategy.one_off_phases(settings))
+    shared = sorted({c.phase for c in adaptation.costs if c.shared_by and c.phase not in declared})
+    if shared:
+        raise TypeError(f"{type(strategy).__name__} charges shared one-off phases {shared} that its one_off_phases() "
+                        f"does not declare ({sorted(declared)}): declare them")

@@ -21,31 +21,27 @@ from harness.costs import PhaseMeter, synchronize
 from harness.errors import BudgetTooSmall, HarnessError
 from harness.flops import ModelShape
 
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_TARGETS = (  # every attention and MLP projection: lora.yaml's target_modules, DnD's library LoRAs
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
 class LoraSettings:
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    lr: float = 1e-4
-    warmup_frac: float = 0.03
-    weight_decay: float = 0.0
-    batch_size: int = 4
-    max_length: int = 256
-    max_steps: int | None = None  # the strategy's own cap, on top of the budget
-    checkpoint_every: int | None = None  # save a trajectory of adapters every N steps
-    checkpoint_start: int = 1  # first step eligible for a trajectory checkpoint
+    """How one LoRA is trained. No defaults: the values are the strategy's YAML (configs/strategy/lora.yaml,
+    dnd.yaml's `collect`), built with `harness.strategy_settings.settings_from`."""
 
-    @classmethod
-    def from_cfg(cls, cfg) -> "LoraSettings":
-        known = {f for f in cls.__dataclass_fields__}
-        values = {k: v for k, v in dict(cfg).items() if k in known}
-        if "target_modules" in values:
-            values["target_modules"] = tuple(values["target_modules"])
-        return cls(**values)
+    rank: int
+    alpha: float
+    dropout: float
+    target_modules: tuple[str, ...]
+    lr: float
+    warmup_frac: float
+    weight_decay: float
+    batch_size: int
+    max_length: int
+    max_steps: int | None  # the strategy's own cap, on top of the budget
+    checkpoint_every: int | None  # save a trajectory of adapters every N steps
+    checkpoint_start: int  # first step eligible for a trajectory checkpoint
 
 
 @dataclass

@@ -100,21 +100,22 @@ def test_costs_one_off_phases_are_shared_and_generation_is_metered(first):
 
 @needs_data
 def test_one_off_costs_are_predicted_before_they_are_spent(runs, first, tiny):
-    from baselines.dnd.config import MetaTrainSettings
+    from baselines.dnd.config import DnDSettings, get_preset
     from baselines.dnd.encoder import load_encoder
     from baselines.dnd.generator import predict_meta_train_flops
-    from baselines.dnd.library import CollectSettings, predict_collect_flops, task_handle
-    from baselines.dnd.config import get_preset
+    from baselines.dnd.library import predict_collect_flops, task_handle
+    from harness.strategy_settings import settings_from
 
     _, record = first
     measured = {c["artifact"].split("/")[1]: c["flops_measured"] for c in record["costs"] if c["phase"] == "collect"}
-    settings = CollectSettings(steps=4, checkpoints=3, batch_size=4, rank=8, alpha=16.0, max_length=256)
+    settings = settings_from(DnDSettings, compose(*SMALL, "strategy=dnd").strategy)  # the cell's: 4 steps, 3 kept
+    assert (settings.collect.steps, settings.collect.batch_size, settings.meta_train.steps) == (4, 4, 40)
     for name in ("arc_challenge", "openbookqa"):
-        predicted = predict_collect_flops(task_handle(name), tiny.model, tiny.tokenizer, settings)
+        predicted = predict_collect_flops(task_handle(name), tiny.model, tiny.tokenizer, settings.collect)
         assert predicted == pytest.approx(measured[name], rel=0.02)  # against FlopCounterMode on the real steps
     meta = next(c for c in record["costs"] if c["phase"] == "meta_train")
     predicted = predict_meta_train_flops(get_preset("tiny-random"), load_encoder("all-MiniLM-L6-v2"), [16, 16],
-                                         MetaTrainSettings(steps=40, batch_size=4))
+                                         settings.meta_train)
     assert predicted == pytest.approx(meta["flops_measured"], rel=0.02)
 
 

@@ -74,6 +74,7 @@ def test_interrupted_cell_reuses_its_saved_adaptation(tmp_path, capsys, monkeypa
     capsys.readouterr()
     main(args)
     err = capsys.readouterr().err
+    assert f"{partial} was left half-built by a builder that stopped (an earlier run); keeping what it saved" in err
     assert "reusing the adaptation" in err
     again = json.loads(record_path.read_text())
     assert again["adaptation"]["costs"] == trained["adaptation"]["costs"]

@@ -1,9 +1,12 @@
 """The shared LoRA trainer: stops at its budget, saves standard peft adapters and trajectories."""
+import functools
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
+from conftest import compose
 from harness.budget import Budget, TrainingBudget
 from harness.costs import PhaseMeter
 from harness.errors import BudgetTooSmall, HarnessError
@@ -13,11 +16,24 @@ from harness.trainer import LoraSettings, encode_example, train_lora
 EXAMPLES = [(f"Question: what is {i} plus {i}?\nAnswer:", f" {2 * i}") for i in range(12)]
 
 
+@functools.lru_cache(maxsize=1)
+def _lora_yaml() -> LoraSettings:
+    from baselines.lora import LoraTuningSettings
+    from harness.strategy_settings import settings_from
+
+    return settings_from(LoraTuningSettings, compose("strategy=lora").strategy).trainer()
+
+
+def lora_yaml(**changes) -> LoraSettings:
+    """The trainer's settings as configs/strategy/lora.yaml holds them (the only place they are written)."""
+    return replace(_lora_yaml(), **changes)
+
+
 def _train(model, tmp_path, kind, amount, **settings):
     budget = TrainingBudget(Budget("test", kind, amount, 10, "amortized"))
     with PhaseMeter("train", "cpu") as meter:
         result = train_lora(model.model, model.tokenizer, EXAMPLES, budget,
-                            LoraSettings(batch_size=4, **settings), tmp_path, meter, seed=0, progress=False)
+                            lora_yaml(batch_size=4, **settings), tmp_path, meter, seed=0, progress=False)
     return result, budget.use, meter.cost
 
 
@@ -25,9 +41,9 @@ def _step_flops(model, batch=4):
     enc = [encode_example(model.tokenizer, p, c, 256) for p, c in EXAMPLES]
     width = max(len(ids) for ids, _ in enc)  # the widest batch: an upper bound on one step
     base = ModelShape.of(model.model)
-    rank = LoraSettings().rank  # A is r×in, B is out×r on every targeted Linear
+    rank = lora_yaml().rank  # A is r×in, B is out×r on every targeted Linear
     lora = rank * sum(m.in_features + m.out_features for n, m in model.model.named_modules()
-                      if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in LoraSettings().target_modules)
+                      if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in lora_yaml().target_modules)
     return ModelShape(base.matmul_params, base.n_layers, base.n_heads, base.head_dim, lora).lora_train_step(
         batch, width)
 
@@ -75,7 +91,7 @@ def test_budget_smaller_than_one_step_fails_before_training(fresh_tiny, tmp_path
         budget = TrainingBudget(Budget("test", "flops", 2 * _step_flops(fresh_tiny), 10, "amortized"),
                                 reserved=1.5 * _step_flops(fresh_tiny))
         with PhaseMeter("train", "cpu") as meter:
-            train_lora(fresh_tiny.model, fresh_tiny.tokenizer, EXAMPLES, budget, LoraSettings(batch_size=4),
+            train_lora(fresh_tiny.model, fresh_tiny.tokenizer, EXAMPLES, budget, lora_yaml(batch_size=4),
                        tmp_path, meter, progress=False)
 
 
@@ -86,7 +102,7 @@ def test_adapter_reloads_with_peft_and_trajectory_is_saved(fresh_tiny, tmp_path)
     assert [p.split("/")[-1] for p in result.trajectory] == ["step_000001", "step_000003", "step_000005"]
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["lora_alpha"] == 16
-    assert set(config["target_modules"]) == set(LoraSettings().target_modules)
+    assert set(config["target_modules"]) == set(lora_yaml().target_modules)
     # The base model came back without LoRA layers ...
     assert not any("lora_" in n for n, _ in fresh_tiny.model.named_parameters())
     x = torch.randint(0, 1000, (1, 16))

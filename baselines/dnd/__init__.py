@@ -1,8 +1,6 @@
 """Drag-and-Drop LLMs (arXiv 2506.16406) as a harness strategy, in peft's method-as-a-package style:
 `config` (generator presets), `tokenizer` (LoRA ⇄ parameter tokens), `layer` and `model` (the
 hyper-convolutional decoder), `encoder` (frozen condition encoder), `library` (collect),
-`generator` (meta_train, generate) and `strategy` (registration of dnd and its controls)."""
-from baselines.dnd import config, report, strategy  # noqa: F401  (registers dnd and dnd_control)
-
-report.register()
-config.register_list()
+`generator` (meta_train, generate), `strategy` (dnd, and what its controls share), `controls`,
+`diagnostics` (the collapse check) and `report` (its report pages). The strategies register through
+the `harness.strategies` entry points in pyproject.toml."""

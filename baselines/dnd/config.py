@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from baselines.dnd.library import CollectSettings
+from harness.config_checks import as_float, as_int
 from harness.errors import HarnessError
 
 
@@ -96,18 +98,61 @@ def get_preset(name: str) -> GeneratorPreset:
     return preset
 
 
-@dataclass
+@dataclass(frozen=True)
 class MetaTrainSettings:
-    steps: int = 200
-    batch_size: int = 4
-    lr: float = 3e-5
-    weight_decay: float = 0.1
-    warmup_steps: int = 1
-    grad_clip: float = 1.0
-    condition_noise: float = 1e-4
-    target_noise: float = 1e-5
-    seed: int = 999
-    log_every: int = 10
+    """dnd.yaml's `meta_train`: how the generator is trained (values in the YAML only)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    grad_clip: float
+    condition_noise: float
+    target_noise: float
+    seed: int
+    log_every: int
+
+    def __post_init__(self) -> None:
+        as_int(self.steps, "strategy.meta_train.steps", minimum=1)
+        as_int(self.batch_size, "strategy.meta_train.batch_size", minimum=1)
+        as_float(self.lr, "strategy.meta_train.lr", positive=True)
+        as_int(self.log_every, "strategy.meta_train.log_every", minimum=1)
+
+
+@dataclass(frozen=True)
+class DnDSettings:
+    """configs/strategy/dnd.yaml, built with harness.strategy_settings.settings_from."""
+
+    preset: str | None  # null: the model config's dnd_preset
+    encoder: str
+    universe: list[str] | None
+    library: list[str] | None  # null: the universe minus the target (leave-one-out)
+    targets: list[str] | None  # targets sharing the one-off costs; null: the universe
+    bank: int
+    collect: CollectSettings
+    meta_train: MetaTrainSettings
+
+    def __post_init__(self) -> None:
+        if self.preset is not None:
+            get_preset(self.preset)
+        as_int(self.bank, "strategy.bank", minimum=1)
+        if self.library is None and not self.universe:
+            raise HarnessError("DnD: set strategy.library (tasks to learn from) or strategy.universe (leave-one-out)")
+
+
+@dataclass(frozen=True)
+class LibraryControlSettings(DnDSettings):
+    """configs/strategy/dnd_{member,mean,nearest}.yaml: DnD's settings (its library) and which control."""
+
+    mode: str  # member, mean or nearest
+    member: int | None = None  # only dnd_member.yaml sets it; null: the cell's seed picks the library task
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in ("member", "mean", "nearest"):
+            raise HarnessError(f"strategy.mode must be member, mean or nearest (got {self.mode!r})")
+        as_int(self.member, "strategy.member", minimum=0, allow_none=True)
 
 
 def print_presets() -> None:
@@ -123,9 +168,3 @@ def print_presets() -> None:
         print(f"{p.name:18s} {params / 1e6:8.2f} M params, {gen.flops() / 1e12:7.3f} TFLOP/generation, "
               f"condition {p.n_prompts}×{p.prompt_tokens}, emits {p.n_tokens}×{p.token_shape[0]}×{p.token_shape[1]}"
               f" (r{p.rank}, w{p.width}): {p.note}")
-
-
-def register_list() -> None:
-    from harness.cli import LISTS
-
-    LISTS["dnd-presets"] = print_presets

@@ -22,7 +22,7 @@ from baselines.dnd.encoder import ConditionEncoder
 from baselines.dnd.library import LibraryEntry
 from baselines.dnd.model import Generator
 from baselines.dnd.tokenizer import LoraTokenizer
-from harness import provenance, store
+from harness import artifacts, provenance, store
 from harness.costs import PhaseCost, PhaseMeter
 from harness.errors import HarnessError
 from harness.tasks import TaskHandle
@@ -127,14 +127,22 @@ def meta_train(preset: GeneratorPreset, encoder: ConditionEncoder, entries: list
                tasks: dict[str, TaskHandle], tok: LoraTokenizer, settings: MetaTrainSettings, bank: int, root: Path,
                device: torch.device, progress: bool = True, say=print) -> tuple[TrainedGenerator, bool]:
     """The generator trained on `entries` (trained now unless cached); returns (generator, reused)."""
+    key = generator_key(preset, encoder.name, settings, bank, [e.key for e in entries])
+    folder = _generator_folder(root, [e.task for e in entries], key)
+    # Built under a lock (harness/artifacts.py): targets that need the same generator at once wait for one build.
+    return artifacts.get_or_build(folder, lambda found: _load(found, key, preset),
+                                  lambda work: _train(preset, encoder, entries, tasks, tok, settings, bank, key, folder,
+                                                      work, device, progress, say),
+                                  f"the DnD generator {preset.name} on {', '.join(e.task for e in entries)}", say)
+
+
+def _train(preset: GeneratorPreset, encoder: ConditionEncoder, entries: list[LibraryEntry],
+           tasks: dict[str, TaskHandle], tok: LoraTokenizer, settings: MetaTrainSettings, bank: int, key: str,
+           folder: Path, work: Path, device: torch.device, progress: bool, say) -> TrainedGenerator:
+    """Train the generator and save it in `work` (published at `folder` by the caller)."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    key = generator_key(preset, encoder.name, settings, bank, [e.key for e in entries])
-    folder = _generator_folder(root, [e.task for e in entries], key)
-    cached = _load(folder, key, preset)
-    if cached is not None:
-        return cached, True
     say(f"dnd meta_train: generator {preset.name} on {', '.join(e.task for e in entries)} ({settings.steps} steps)")
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
@@ -181,23 +189,14 @@ def meta_train(preset: GeneratorPreset, encoder: ConditionEncoder, entries: list
     meter.cost.details.update({"steps": settings.steps, "batch_size": settings.batch_size, "first_loss": losses[0],
                                "final_loss": losses[-1], "library": [e.task for e in entries],
                                "generator_key": key, "generator_params": sum(p.numel() for p in params)})
-    work = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
     # The loss curve, every `log_every` steps and the last one, is kept with the generator.
     curve = [[i, losses[i]] for i in range(0, len(losses), settings.log_every)] + [[len(losses) - 1, losses[-1]]]
     info = {"key": key, "preset": preset.name, "encoder": encoder.name, "settings": asdict(settings),
             "bank": bank, "library": {e.task: e.key for e in entries}, "loss_curve": curve,
             "cost": meter.cost.to_dict()}
-    try:
-        work.mkdir(parents=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}, str(work / WEIGHTS))
-        store.write_json_atomic(work / GENERATOR, info)
-        shutil.rmtree(folder, ignore_errors=True)
-        work.rename(folder)
-    except Exception:  # a full disk leaves no half-written generator
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return TrainedGenerator(key, folder, preset, gen.cpu(), meter.cost, info), False
+    save_file({k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}, str(work / WEIGHTS))
+    store.write_json_atomic(work / GENERATOR, info)
+    return TrainedGenerator(key, folder, preset, gen.cpu(), meter.cost, info)
 
 
 @torch.no_grad()

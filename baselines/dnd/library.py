@@ -2,56 +2,66 @@
 
 For each library task a LoRA is trained with the shared trainer; like the paper, the run's last
 `checkpoints` optimizer steps are all saved (a trajectory of consecutive checkpoints). An entry is
-keyed by the model, the task's data fingerprints and the collect settings, built in a `.partial`
-folder and published by one rename, so every target and every control that trains on the same
-task reuses it.
+keyed by the model, the task's data fingerprints and the collect settings, built through
+`harness.artifacts` (a lock, a `.partial` folder, one rename), so every target and every control
+that trains on the same task reuses it, even when they run at once.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from harness import provenance, store
+from harness import artifacts, provenance, store
 from harness.budget import Budget, TrainingBudget
 from harness.costs import PhaseCost, PhaseMeter
 from harness.errors import HarnessError
 from harness.models import adapter_problem
 from harness.settings import CONFIG_DIR
 from harness.tasks import TaskHandle
-from harness.trainer import LoraSettings, predict_train_flops, train_lora
+from harness.config_checks import as_float, as_int
+from harness.strategy_settings import settings_from
+from harness.trainer import DEFAULT_TARGETS, LoraSettings, predict_train_flops, train_lora
 
 ENTRY = "entry.json"
 
 
 @dataclass(frozen=True)
 class CollectSettings:
-    steps: int = 60
-    checkpoints: int = 16  # the last this-many optimizer steps are all saved
-    batch_size: int = 4
-    lr: float = 1e-4
-    rank: int = 8
-    alpha: float = 16.0
-    max_length: int = 256
-    seed: int = 0
+    """dnd.yaml's `collect`: how each library LoRA is trained (values in the YAML only; they key the entry)."""
+
+    steps: int
+    checkpoints: int  # the last this-many optimizer steps are all saved
+    batch_size: int
+    lr: float
+    rank: int
+    alpha: float
+    max_length: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "rank", "max_length"):
+            as_int(getattr(self, key), f"strategy.collect.{key}", minimum=1)
+        as_float(self.lr, "strategy.collect.lr", positive=True)
+        if self.checkpoints < 1 or self.checkpoints > self.steps:
+            raise HarnessError(f"strategy.collect.checkpoints must be in 1..collect.steps "
+                               f"(got {self.checkpoints} of {self.steps})")
 
     @classmethod
     def from_cfg(cls, cfg) -> "CollectSettings":
-        values = {k: v for k, v in dict(cfg).items() if k in cls.__dataclass_fields__}
-        settings = cls(**values)
-        if settings.checkpoints < 1 or settings.checkpoints > settings.steps:
-            raise HarnessError(f"strategy.collect.checkpoints must be in 1..collect.steps "
-                               f"(got {settings.checkpoints} of {settings.steps})")
-        return settings
+        """Kept for callers not yet on `DnDSettings` (settings_from(DnDSettings, node).collect); same checks."""
+        return settings_from(cls, cfg, "strategy.collect")
 
     def lora(self) -> LoraSettings:
-        return LoraSettings(rank=self.rank, alpha=self.alpha, lr=self.lr, batch_size=self.batch_size,
-                            max_length=self.max_length, checkpoint_every=1,
+        """The trainer's settings: `collect`'s, and the paper's recipe for the rest (every attention and MLP
+        projection, no dropout or weight decay, lora.yaml's 3 % warm-up), fixed so that `collect` keys the entry."""
+        return LoraSettings(rank=self.rank, alpha=self.alpha, dropout=0.0, target_modules=DEFAULT_TARGETS, lr=self.lr,
+                            warmup_frac=0.03, weight_decay=0.0, batch_size=self.batch_size,
+                            max_length=self.max_length, max_steps=None, checkpoint_every=1,
                             checkpoint_start=self.steps - self.checkpoints + 1)
 
 
@@ -124,16 +134,10 @@ def collect_entry(task: TaskHandle, model, tokenizer, model_cfg: dict, settings:
                   root: Path, device, progress: bool = True, say=print) -> tuple[LibraryEntry, bool]:
     """The library entry of `task` (trained now unless cached); returns (entry, reused)."""
     key = entry_key(model_cfg, task, settings)
-    folder = _folder(root, task, key)
-    entry = _read(folder, key)
-    if entry is not None:
-        return entry, True
-    say(f"dnd collect: training the library LoRA of {task.name} ({settings.steps} steps, "
-        f"last {settings.checkpoints} saved)")
-    work = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    try:
-        work.mkdir(parents=True)
+
+    def train(work: Path) -> None:
+        say(f"dnd collect: training the library LoRA of {task.name} ({settings.steps} steps, "
+            f"last {settings.checkpoints} saved)")
         examples = [task.training_example(d) for d in task.sample_pool(None, settings.seed)]
         budget = TrainingBudget(Budget(f"collect_{settings.steps}_steps", "steps", settings.steps, 0, "excluded"))
         with PhaseMeter("collect", device) as meter:
@@ -148,9 +152,8 @@ def collect_entry(task: TaskHandle, model, tokenizer, model_cfg: dict, settings:
                                                "data": task.pool_info.fingerprints, "checkpoints": rel,
                                                "adapter": "adapter", "losses": result.losses,
                                                "cost": meter.cost.to_dict()})
-        shutil.rmtree(folder, ignore_errors=True)
-        work.rename(folder)
-    except Exception:  # a failed build (a full disk, a refused budget) leaves no half-written entry
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return _read(folder, key), False
+
+    # Built under a lock (harness/artifacts.py): targets and controls that train on the same task at once wait for
+    # one build; a failed build (a full disk, a refused budget) leaves no half-written entry.
+    return artifacts.get_or_build(_folder(root, task, key), lambda folder: _read(folder, key), train,
+                                  f"the library LoRA of {task.name}", say)

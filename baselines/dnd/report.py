@@ -199,10 +199,3 @@ SPEEDUP_INTRO = ("Wall-clock and FLOPs (measured) of adaptation on this machine.
                  "has no adaptation step: it pays its demonstrations on every query (extra FLOPs/query), so its "
                  "speedup columns are empty. acc ± stderr: seeds (generated adapters) averaged per item first, "
                  "stderr over items.")
-
-
-def register() -> None:
-    from harness.report import register_section
-
-    register_section("dnd_loo.md", "DnD leave-one-out", LOO_INTRO, loo_table)
-    register_section("dnd_speedup.md", "DnD speedup", SPEEDUP_INTRO, speedup_table)

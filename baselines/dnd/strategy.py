@@ -1,10 +1,9 @@
-"""The DnD strategy and its controls, registered with the harness.
+"""The DnD strategy, and what it shares with its controls (controls.py): the library, and charging
+its one-off phases to the budget.
 
 `dnd`: collect (cached) → meta_train (cached) → generate one adapter from N unlabeled prompts of the
 target's adaptation pool (the cell's seed picks the prompt batch, so seeds are the M generated
-adapters). Controls on the same library: `dnd_member` (one library task's LoRA on the target),
-`dnd_mean` (the parameter mean of every library checkpoint: what a collapsed generator emits) and
-`dnd_nearest` (the library LoRA whose prompts embed closest to the target's).
+adapters); its record carries the collapse diagnostic (diagnostics.py).
 """
 from __future__ import annotations
 
@@ -13,27 +12,24 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from baselines.dnd.config import MetaTrainSettings, get_preset
+from baselines.dnd import report
+from baselines.dnd.config import DnDSettings, MetaTrainSettings, get_preset, print_presets
+from baselines.dnd.diagnostics import collapse
 from baselines.dnd.encoder import load_encoder
 from baselines.dnd.generator import (cached_cost, generate_tokens, generator_key, meta_train, predict_generate_flops,
-                                     predict_meta_train_flops, prompt_bank, write_adapter)
-from baselines.dnd.library import (CollectSettings, LibraryEntry, cached_entry, collect_entry, entry_key,
-                                   predict_collect_flops, task_handle)
+                                     predict_meta_train_flops, write_adapter)
+from baselines.dnd.library import (CollectSettings, cached_entry, collect_entry, entry_key, predict_collect_flops,
+                                   task_handle)
 from baselines.dnd.tokenizer import LoraTokenizer, default_width, shapes_of_model
 from harness.budget import BudgetUse, check_one_off_fits, one_off_share
-from harness.config_checks import as_float, as_int
+from harness.console import say
 from harness.costs import PhaseMeter
 from harness.errors import HarnessError
+from harness.pricing import lora_serving
 from harness.settings import CONFIG_DIR
-from harness.strategy import AdaptContext, Adaptation, register_strategy
+from harness.strategy import AdaptContext, Adaptation, ReportPage, Strategy
+from harness.strategy_settings import settings_from
 from harness.tasks import dataset_identity
-from harness.trainer import LoraSettings, lora_param_count
-
-
-def _say(message: str) -> None:
-    from harness.runner import say
-
-    say(message)
 
 
 def library_tasks(settings, target: str) -> list[str]:
@@ -69,17 +65,15 @@ def shared_by(settings, target: str, tasks: list[str], task: str | None = None) 
     return max(1, n)
 
 
-class _LibraryStrategy:
+class _LibraryStrategy(Strategy):
     """Validation and library collection shared by DnD and its controls."""
 
     def validate(self, settings) -> None:
-        if settings.get("preset") is not None:
-            get_preset(str(settings.preset))
-        CollectSettings.from_cfg(settings.collect)
-        self._meta(settings)
-        as_int(settings.get("bank"), "strategy.bank", minimum=1)
-        if settings.get("library") is None and not settings.get("universe"):
-            raise HarnessError("DnD: set strategy.library (tasks to learn from) or strategy.universe (leave-one-out)")
+        self._settings(settings)  # keys, types, the preset, bank, library or universe, collect and meta_train
+
+    def _settings(self, settings) -> DnDSettings:
+        """The typed settings of dnd.yaml (the controls' node adds mode and member)."""
+        return settings_from(DnDSettings, settings)
 
     def validate_cell(self, cfg) -> None:
         """Checks that need the target: leakage (by dataset, not by name), library size, known library tasks."""
@@ -96,15 +90,18 @@ class _LibraryStrategy:
         """The library tasks whose data the adaptation learns from (their fingerprints key the cell)."""
         return library_tasks(cfg.strategy, str(cfg.task.name))
 
-    @staticmethod
-    def _meta(settings) -> MetaTrainSettings:
-        values = {k: v for k, v in OmegaConf.to_container(settings.meta_train).items()
-                  if k in MetaTrainSettings.__dataclass_fields__}
-        meta = MetaTrainSettings(**values)
-        as_int(meta.steps, "strategy.meta_train.steps", minimum=1)
-        as_int(meta.batch_size, "strategy.meta_train.batch_size", minimum=1)
-        as_float(meta.lr, "strategy.meta_train.lr", positive=True)
-        return meta
+    def one_off_phases(self, settings) -> tuple[str, ...]:
+        return ("collect",)  # the library LoRAs, shared by every target whose library holds their task
+
+    def report_pages(self) -> list[ReportPage]:
+        return [ReportPage("dnd_loo.md", "DnD leave-one-out", report.LOO_INTRO, report.loo_table),
+                ReportPage("dnd_speedup.md", "DnD speedup", report.SPEEDUP_INTRO, report.speedup_table)]
+
+    def list_pages(self) -> dict:
+        return {"dnd-presets": print_presets}
+
+    def _meta(self, settings) -> MetaTrainSettings:
+        return self._settings(settings).meta_train
 
     def _setup(self, ctx: AdaptContext):
         s = ctx.settings
@@ -113,7 +110,7 @@ class _LibraryStrategy:
             raise HarnessError(f"DnD: model {ctx.model_name} names no dnd_preset: set strategy.preset "
                                f"(harness list dnd-presets)")
         preset = get_preset(str(name))
-        collect = CollectSettings.from_cfg(s.collect)
+        collect = self._settings(s).collect
         shapes = shapes_of_model(ctx.model, collect.rank)
         try:
             tok = LoraTokenizer(shapes, collect.rank, preset.width)
@@ -127,7 +124,7 @@ class _LibraryStrategy:
         entries, costs = [], []
         for name in names:
             entry, reused = collect_entry(tasks[name], ctx.model, ctx.tokenizer, ctx.model_cfg, collect,
-                                          ctx.shared_dir, ctx.device, ctx.progress, say=_say)
+                                          ctx.shared_dir, ctx.device, ctx.progress, say=say)
             cost = entry.cost
             cost.shared_by = shared_by(ctx.settings, ctx.task.name, names, name)
             cost.artifact = f"dnd-library/{name}/{entry.key[:16]}"
@@ -173,34 +170,9 @@ class _LibraryStrategy:
             use.stop_reason += f"; overspent by {use.spent - b.amount:.3g} {b.kind}"
         return use
 
-    def _serving(self, ctx: AdaptContext, rank: int) -> tuple[float, int]:
-        """(extra FLOPs per query, adapter weights) of serving a rank-`rank` LoRA unmerged."""
-        n_lora = lora_param_count(ctx.model, LoraSettings(rank=rank))
-        return ctx.pricing.extra(lora_params=n_lora), n_lora
-
-
-def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.cat([state[k].flatten().float() for k in sorted(state)])
-
-
-def _mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([s[k].float() for s in states]).mean(0) for k in states[0]}
-
-
-def _collapse(generated: dict, entries: list[LibraryEntry]) -> dict:
-    """How far the generated LoRA lies from the library mean, relative to how far the library LoRAs do."""
-    mean = _flat(_mean_state([e.state(p) for e in entries for p in e.checkpoints]))
-    finals = {e.task: _flat(e.state()) for e in entries}
-    gen = _flat(generated)
-    norm = float(mean.norm()) or 1.0
-    dists = {t: float((gen - f).norm() / f.norm()) for t, f in finals.items()}
-    return {"rel_dist_to_library_mean": float((gen - mean).norm()) / norm,
-            "library_spread": sum(float((f - mean).norm()) / norm for f in finals.values()) / len(finals),
-            "rel_dist_to_nearest_library_lora": min(dists.values()),
-            "nearest_library_lora": min(dists, key=dists.get),
-            "cosine_to_library_mean": float(torch.nn.functional.cosine_similarity(gen, mean, dim=0)),
-            "l2_norm": float(gen.norm()), "library_mean_l2_norm": norm,
-            "library_l2_norms": {t: float(f.norm()) for t, f in finals.items()}}
+    def _serving(self, ctx: AdaptContext, collect: CollectSettings) -> tuple[float, int]:
+        """(extra FLOPs per query, adapter weights) of serving the library's LoRA layout unmerged."""
+        return lora_serving(ctx.pricing, ctx.model, collect.lora())
 
 
 def _target_prompts(ctx: AdaptContext, n: int) -> tuple[list[str], list[int]]:
@@ -213,15 +185,17 @@ def _target_prompts(ctx: AdaptContext, n: int) -> tuple[list[str], list[int]]:
     return [ctx.task.unlabeled_prompt(pool[i]) for i in rows], rows
 
 
-@register_strategy("dnd")
 class DragAndDrop(_LibraryStrategy):
+    def one_off_phases(self, settings) -> tuple[str, ...]:
+        return ("collect", "meta_train")  # the library and the generator trained on it
+
     def adapt(self, ctx: AdaptContext) -> Adaptation:
         s = ctx.settings
         preset, collect, tok, names = self._setup(ctx)
         encoder = load_encoder(str(s.encoder), "cpu" if ctx.device.type != "cuda" else str(ctx.device))
         tasks = {name: task_handle(name) for name in names}
         meta = self._meta(s)
-        per_query, n_lora = self._serving(ctx, collect.rank)
+        per_query, n_lora = self._serving(ctx, collect)
         # Before any compute: does this target's share of the library and the generator fit the budget?
         plan = self._planned_library(ctx, collect, names, tasks)
         keys = [entry_key(ctx.model_cfg, tasks[n], collect) for n in names]
@@ -236,7 +210,7 @@ class DragAndDrop(_LibraryStrategy):
 
         entries, costs = self._library(ctx, collect, names, tasks)
         trained, reused = meta_train(preset, encoder, entries, tasks, tok, meta, int(s.bank),
-                                     ctx.shared_dir, ctx.device, ctx.progress, say=_say)
+                                     ctx.shared_dir, ctx.device, ctx.progress, say=say)
         train_cost = trained.cost
         train_cost.shared_by = shared_by(s, ctx.task.name, names)
         train_cost.artifact = f"dnd-generator/{trained.key[:16]}"
@@ -257,69 +231,5 @@ class DragAndDrop(_LibraryStrategy):
                      "condition_rows": rows, "n_prompts": len(prompts), "tokens": tok.describe(),
                      "meta_train_loss": {"first": train_cost.details.get("first_loss"),
                                          "final": train_cost.details.get("final_loss")},
-                     "collapse": _collapse(state, entries)})
+                     "collapse": collapse(state, entries)})
 
-
-@register_strategy("dnd_control")
-class LibraryControl(_LibraryStrategy):
-    """A control on DnD's library: `mode` member (one library LoRA), mean, or nearest."""
-
-    def validate(self, settings) -> None:
-        super().validate(settings)
-        if settings.get("mode") not in ("member", "mean", "nearest"):
-            raise HarnessError(f"strategy.mode must be member, mean or nearest (got {settings.get('mode')!r})")
-        as_int(settings.get("member"), "strategy.member", minimum=0, allow_none=True)
-
-    def uses_seed(self, settings) -> bool:
-        """Only `member` with member=null reads the seed (seed k → library task k); mean and nearest do not."""
-        return settings.get("mode") == "member" and settings.get("member") is None
-
-    def adapt(self, ctx: AdaptContext) -> Adaptation:
-        s = ctx.settings
-        preset, collect, tok, names = self._setup(ctx)
-        tasks = {name: task_handle(name) for name in names}
-        mode = str(s.mode)
-        member = (int(s.member) if s.get("member") is not None else ctx.seed) if mode == "member" else None
-        if member is not None and member >= len(names):
-            raise HarnessError(f"strategy.member={member}, but the library of {ctx.task.name} has "
-                               f"{len(names)} tasks (0..{len(names) - 1})")
-        per_query, n_lora = self._serving(ctx, collect.rank)
-        self._check_plan(ctx, self._planned_library(ctx, collect, names, tasks), 0.0, per_query,
-                         f"the library of {len(names)} LoRAs")
-        entries, costs = self._library(ctx, collect, names, tasks)
-        details = {"mode": mode, "library": names}
-        variant = ""
-        with PhaseMeter("generate", ctx.device) as meter:
-            if mode == "member":
-                adapter, details["member_task"] = entries[member].adapter, entries[member].task
-                variant = f"member={entries[member].task}"  # each library LoRA is its own row, never a seed
-            elif mode == "mean":
-                state = _mean_state([e.state(p) for e in entries for p in e.checkpoints])
-                adapter = write_adapter(state, entries[0].adapter, Path(ctx.workdir) / "adapter")
-                details["checkpoints_averaged"] = sum(len(e.checkpoints) for e in entries)
-            else:
-                # The target's prompts: a bank drawn like the library's (fixed seed, so the control does
-                # not vary with the cell's seed), all from the adaptation pool.
-                encoder = load_encoder(str(s.encoder), "cpu" if ctx.device.type != "cuda" else str(ctx.device))
-                prompts = prompt_bank(ctx.task, int(s.bank), self._meta(s).seed)
-                target = self._centroid(encoder, prompts, meter)
-                scores = {}
-                for e in entries:
-                    bank = prompt_bank(tasks[e.task], int(s.bank), self._meta(s).seed)
-                    scores[e.task] = float(torch.nn.functional.cosine_similarity(
-                        target, self._centroid(encoder, bank, meter), dim=0))
-                best = max(scores, key=scores.get)
-                adapter = next(e.adapter for e in entries if e.task == best)
-                details.update(nearest_task=best, cosine=scores, target_prompts=len(prompts))
-        use = self._charge(ctx, meter.cost, costs, per_query, f"library control ({mode})")
-        return Adaptation(kind="adapter", adapter_dir=str(adapter), labels_used=0, costs=costs + [meter.cost],
-                          budget=use, per_query_extra_flops=per_query, lora_params=n_lora, variant=variant,
-                          details=details)
-
-    @staticmethod
-    def _centroid(encoder, prompts: list[str], meter: PhaseMeter) -> torch.Tensor:
-        """The mean of the prompts' sentence embeddings: one vector per prompt set."""
-        with meter.count():  # lengths vary from set to set: always counted live
-            vectors, lengths = encoder.embed(prompts)
-        meter.add(flops_analytic=sum(encoder.flops(1, n) for n in lengths), tokens=sum(lengths))
-        return vectors.mean(0)

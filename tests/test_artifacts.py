@@ -155,3 +155,45 @@ def test_a_cell_killed_after_adapting_is_taken_over(tmp_path):
     adapter = Path(json.loads(record_path.read_text())["adaptation"]["adapter_dir"])
     assert adapter.parent == record_path.parent and (adapter / "adapter_model.safetensors").is_file()
     assert _leftovers(runs) == []
+
+
+# Two processes that each need the same DnD library LoRA (two targets sharing a library, say): one trains it.
+COLLECTOR = r"""
+import json, sys
+from pathlib import Path
+
+import torch
+
+from baselines.dnd.config import DnDSettings
+from baselines.dnd.library import collect_entry, task_handle
+from harness.cli import compose_config
+from harness.models import load_model
+from harness.strategy_settings import settings_from
+
+cfg = compose_config(["model=tiny-random", "strategy=dnd", "strategy.collect.steps=3",
+                      "strategy.collect.checkpoints=2"])
+settings = settings_from(DnDSettings, cfg.strategy).collect
+loaded = load_model(cfg.model, torch.device("cpu"), torch.float32)
+messages = []
+entry, reused = collect_entry(task_handle("openbookqa"), loaded.model, loaded.tokenizer, dict(cfg.model), settings,
+                              Path(sys.argv[1]), torch.device("cpu"), progress=False, say=messages.append)
+print(json.dumps({"reused": reused, "folder": str(entry.folder), "checkpoints": [str(p) for p in entry.checkpoints],
+                  "messages": messages}))
+"""
+
+
+@needs_data
+def test_two_processes_wanting_one_library_lora_train_it_once(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", COLLECTOR, str(tmp_path / "library")], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    trained = [r for r in results if any("training the library LoRA" in m for m in r["messages"])]
+    assert len(trained) == 1 and sorted(r["reused"] for r in results) == [False, True], results
+    assert results[0]["folder"] == results[1]["folder"] and results[0]["checkpoints"] == results[1]["checkpoints"]
+    assert len(results[0]["checkpoints"]) == 2 and all(Path(p).exists() for p in results[0]["checkpoints"])
+    left = [p.name for p in (tmp_path / "library").rglob("*") if p.name.endswith((".partial", ".lock"))]
+    assert left == []

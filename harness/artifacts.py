@@ -110,10 +110,10 @@ def building(final: Path, what: str, say: Callable[[str], None] = say_stderr, ke
             lock_path(final).unlink(missing_ok=True)  # while held: a waiter that opened it retries on a fresh file
             lock.release()
         if root is not None:
-            _prune(final.parent, Path(root))
+            prune_empty(final.parent, Path(root))
 
 
-def _prune(folder: Path, root: Path) -> None:
+def prune_empty(folder: Path, root: Path) -> None:
     """Remove `folder` and the folders above it while they are empty, up to (not including) `root`."""
     root = root.resolve()
     folder = folder.resolve()

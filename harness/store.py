@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from harness.artifacts import prune_empty
 from harness.errors import HarnessError
 
 RECORD = "record.json"
@@ -234,11 +235,4 @@ def check_writable(folder: Path, what: str = "runs folder", fix: str = RUNS_FIX)
 def remove_partial(work: Path, runs_dir: Path) -> None:
     """Remove a cell's unpublished folder and the folders above it that it alone filled (up to `runs_dir`)."""
     shutil.rmtree(work, ignore_errors=True)
-    root = Path(runs_dir).resolve()
-    parent = Path(work).parent.resolve()
-    while parent != root and root in parent.parents:
-        try:
-            parent.rmdir()
-        except OSError:
-            break
-        parent = parent.parent
+    prune_empty(Path(work).parent, Path(runs_dir))

@@ -17,6 +17,7 @@ from harness.errors import HarnessError, first_line
 from harness.codeeval import GRADES
 from harness.flops import ModelShape
 from harness.models import adapter_problem
+from harness.scoring import SCORERS, shared_context_loglikelihoods
 from harness.tasks import TaskHandle, quiet_lm_eval
 
 
@@ -36,9 +37,18 @@ def metered_lm_class():
     class MeteredHFLM(HFLM):
         """lm-eval's HF model, with every forward pass FLOP-counted and its tokens tallied."""
 
-        def __init__(self, *args, meter: PhaseMeter, shape: ModelShape, count_flops: bool = True, **kwargs):
+        def __init__(self, *args, meter: PhaseMeter, shape: ModelShape, count_flops: bool = True,
+                     scorer: str = "lm_eval", **kwargs):
             super().__init__(*args, **kwargs)
-            self._meter, self._shape, self._count = meter, shape, count_flops
+            self._meter, self._shape, self._count, self._scorer = meter, shape, count_flops, scorer
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+            # harness/scoring.py: each context encoded once; lm-eval's own path when asked, or for what it
+            # cannot share (a seq2seq model, an automatic batch size).
+            if self._scorer != "shared_context" or self.backend != "causal" or not isinstance(self.batch_size, int):
+                return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+            return shared_context_loglikelihoods(
+                self, requests, lambda rest: super(MeteredHFLM, self)._loglikelihood_tokens(rest, disable_tqdm=True))
 
         def _model_call(self, inps, attn_mask=None, labels=None):
             batch, seq = inps.shape
@@ -194,8 +204,12 @@ def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices:
                      engine_cfg=engine_cfg, meter=meter, shape=ModelShape.of(model), tokenizer=tokenizer,
                      seed=seed)
     else:
+        # lm-eval's own path unless the engine config asks for the shared-context scorer (configs/engine/hf.yaml)
+        scorer = engine_cfg.get("scorer", "lm_eval") if engine_cfg is not None else "lm_eval"
+        if scorer not in SCORERS:
+            raise HarnessError(f"engine.scorer must be one of {', '.join(SCORERS)} (got {scorer!r}): pass one of them")
         lm = metered_lm_class()(pretrained=lm_model, tokenizer=tokenizer, batch_size=batch_size, meter=meter,
-                                shape=ModelShape.of(lm_model), count_flops=count_flops)
+                                shape=ModelShape.of(lm_model), count_flops=count_flops, scorer=scorer)
     chat = task.chat_tokenizer is not None
     GRADES.clear()
     from transformers import set_seed
@@ -234,6 +248,8 @@ def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices:
                  "tokens": cost.tokens / max(n, 1), "wall_s": cost.wall_s / max(n, 1)}
     cost.details.update(queries=n, batch_size=batch_size, flops_counted=count_flops, chat_template=chat,
                         engine=engine_cfg.get("name", "hf") if engine_cfg is not None else "hf")
+    if not use_vllm:
+        cost.details["scorer"] = lm._scorer
     if "generated_tokens" in cost.details:
         per_query["generated_tokens"] = cost.details["generated_tokens"] / max(n * _repeats(task), 1)
     return EvalResult(metrics, samples, cost, n, per_query,

@@ -169,6 +169,13 @@ class ModelShape:
         tokens = batch * seq
         return 2 * (self.matmul_params + self.lora_params) * tokens + self.attention_forward(batch, seq)
 
+    def forward_cached(self, batch: int, new: int, cached: int, logits: int | None = None) -> int:
+        """A forward of `new` tokens per row over a KV cache of `cached` positions (keys: cached + new),
+        with the output projection applied to `logits` positions per row (default: all `new`)."""
+        logits = new if logits is None else logits
+        return (2 * (self.matmul_params + self.lora_params) * batch * new
+                - 2 * self.head_params * batch * (new - logits) + self.attention_forward(batch, new, cached + new))
+
     def generate(self, batch: int, prompt: int, new: float) -> float:
         """Prefill of a [batch, prompt] tensor, then new-1 one-token steps against a growing KV cache.
 

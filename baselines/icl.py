@@ -1,7 +1,9 @@
 """icl: k labeled demonstrations from the adaptation pool, prepended to every query.
 
-Its cost is paid per query, so it counts against the budget as horizon × (extra cost per query).
-When k demonstrations do not fit, the largest k that does is used and the record says so.
+Its cost is paid per query, so it counts against the budget as horizon × (extra cost per query), plus,
+when the budget's `icl_pricing` is `cached` and the scorer keeps a prefix cache, the one pass that encodes
+the demonstrations (harness/pricing.py `icl_prices`; the record states both prices). When k
+demonstrations do not fit, the largest k that does is used and the record says so.
 """
 from __future__ import annotations
 
@@ -47,17 +49,28 @@ class InContext(Strategy):
         demos = ctx.task.sample_pool(wanted, ctx.seed)
         pricing = ctx.pricing
 
+        cached = b.icl_pricing == "cached"
+
         @functools.lru_cache(maxsize=None)  # each k priced once (a seconds budget times a forward pass)
-        def cost(k: int) -> float:
-            """What k demonstrations cost over the horizon, in the budget's unit."""
+        def parts(k: int) -> tuple[float, float]:
+            """What k demonstrations cost in the budget's unit: (once per evaluation, over the horizon's queries)."""
             prefix = build_prefix(ctx, demos[:k])
-            if b.kind == "flops":
-                return b.horizon * pricing.extra(prefix) if k else 0.0
+            if not k or b.kind == "steps":  # a step budget does not limit ICL: it takes no training step
+                return 0.0, 0.0
             if b.kind == "examples":
-                return float(k)
-            if b.kind == "seconds":
-                return b.horizon * pricing.passes() * self._time_prefix(ctx, prefix)
-            return 0.0  # a step budget does not limit ICL: it takes no training step
+                return float(k), 0.0
+            once, per_query = pricing.prefix_pass(prefix) if cached else 0.0, pricing.extra(prefix, cached=cached)
+            if b.kind == "flops":
+                return once, b.horizon * per_query
+            # seconds: the prefix's forward timed once; the cached price scales it by FLOPs (one pass, then the
+            # queries' extra attention), the recomputed one pays it in every pass that carries the context
+            seconds = self._time_prefix(ctx, prefix)
+            if cached and once:
+                return seconds, b.horizon * per_query * seconds / once
+            return 0.0, b.horizon * pricing.passes() * seconds
+
+        def cost(k: int) -> float:
+            return sum(parts(k))
 
         k = wanted
         if cost(wanted) > b.amount:  # the price grows with k: the largest k that fits, by bisection
@@ -75,15 +88,16 @@ class InContext(Strategy):
         if window and longest > window:  # lm-eval would silently cut the oldest demonstrations
             raise HarnessError(f"icl: {k} demonstrations make queries of up to {longest} tokens, beyond the model's "
                                f"context window ({window}): lower strategy.shots")
-        extra = pricing.extra(prefix) if k else 0.0
-        spent = cost(k)
-        use = BudgetUse.of(b, own=spent if b.kind == "examples" else 0.0,
-                           queries=spent if b.kind in ("flops", "seconds") else 0.0, bound=bound, reason=reason)
+        extra = pricing.extra(prefix, cached=cached) if k else 0.0
+        once, queries = parts(k)
+        use = BudgetUse.of(b, own=once, queries=queries, bound=bound, reason=reason)
+        prices = pricing.icl_prices(prefix, b.horizon) if k else {}
         return Adaptation(
             kind="prefix" if k else "none", prefix=prefix or None, labels_used=k, budget=use,
             per_query_extra_flops=extra,
             details={"shots_requested": wanted, "shots_used": k, "prefix_tokens": pricing.prefix_tokens(prefix),
-                     "demo_rows": _rows(ctx.task.pool_docs, demos[:k]) if k <= 64 else None})
+                     "demo_rows": _rows(ctx.task.pool_docs, demos[:k]) if k <= 64 else None,
+                     "icl_pricing": b.icl_pricing, "flops_over_horizon": prices})
 
     @staticmethod
     def _time_prefix(ctx: AdaptContext, prefix: str) -> float:

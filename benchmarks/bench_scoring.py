@@ -45,7 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         icl = get_strategy("icl").adapt(AdaptContext(
             model=loaded.model, tokenizer=loaded.tokenizer, task=challenge,
-            budget=Budget("free", "steps", 1, 100, "amortized"),
+            budget=Budget("free", "steps", 1, 100, "amortized", "cached"),
             settings=compose_config(["strategy=icl", f"strategy.shots={args.shots}"]).strategy, seed=0,
             workdir=workdir, device=torch.device("cpu"), progress=False))
     cases = [(f"ARC-Easy 0-shot, {args.items} items", easy, Adaptation(kind="none"), easy.eval_indices(args.items, 0)),

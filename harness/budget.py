@@ -13,6 +13,7 @@ from harness.errors import BudgetTooSmall, HarnessError
 
 KINDS = ("flops", "seconds", "examples", "steps")
 ONE_OFF = ("amortized", "whole", "excluded")
+ICL_PRICING = ("cached", "recompute")
 # One-off phases (a generator's library and training) are charged in the cost kinds only: an `examples`
 # budget counts the target's own labels and a `steps` budget the target's own optimizer steps.
 ONE_OFF_FIELD = {"flops": "flops_measured", "seconds": "wall_s"}
@@ -25,6 +26,7 @@ class Budget:
     amount: float
     horizon: int  # queries the adapted model is expected to answer
     one_off: str  # how a one-off phase shared by several targets is charged: amortized | whole | excluded
+    icl_pricing: str  # ICL's prefix: cached (encoded once, as run) | recompute (re-encoded per query, as papers price)
 
     @classmethod
     def from_cfg(cls, cfg) -> "Budget":
@@ -42,7 +44,11 @@ class Budget:
         if one_off not in ONE_OFF:
             raise HarnessError(f"budget {cfg.name}: one_off must be one of {', '.join(ONE_OFF)} (got {one_off!r}): "
                                f"set budget.one_off=amortized to share one-off phases among the targets that use them")
-        return cls(str(cfg.name), kind, amount, horizon, str(one_off))
+        icl_pricing = cfg.get("icl_pricing")
+        if icl_pricing not in ICL_PRICING:
+            raise HarnessError(f"budget {cfg.name}: icl_pricing must be one of {', '.join(ICL_PRICING)} (got "
+                               f"{icl_pricing!r}): set budget.icl_pricing=cached to charge ICL's prefix as it runs")
+        return cls(str(cfg.name), kind, amount, horizon, str(one_off), str(icl_pricing))
 
 
 def one_off_share(costs, kind: str, policy: str, targets: dict[str, int] | None = None) -> float:

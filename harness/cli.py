@@ -194,7 +194,8 @@ def cmd_list(what: str) -> None:
             for field_name, variant in (cfg.get("standard_fields") or {}).items():
                 extra += f"; {variant} variant where the data has no {field_name} (e.g. the offline mirror)"
         elif group == "budget":
-            extra = f"{cfg.kind} ≤ {cfg.amount:g}, horizon {cfg.horizon} queries, one-off phases {cfg.one_off}"
+            extra = (f"{cfg.kind} ≤ {cfg.amount:g}, horizon {cfg.horizon} queries, one-off phases {cfg.one_off}, "
+                     f"ICL prefix priced {cfg.get('icl_pricing')}")
         elif group == "model":
             extra = f"{cfg.source}: {cfg.get('hub_id') or cfg.get('gguf_file') or ''}"
         elif group == "strategy":

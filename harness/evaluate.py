@@ -38,9 +38,11 @@ def metered_lm_class():
         """lm-eval's HF model, with every forward pass FLOP-counted and its tokens tallied."""
 
         def __init__(self, *args, meter: PhaseMeter, shape: ModelShape, count_flops: bool = True,
-                     scorer: str = "lm_eval", **kwargs):
+                     scorer: str = "lm_eval", cache_prefix: bool = False, memory_bytes: int | None = None,
+                     **kwargs):
             super().__init__(*args, **kwargs)
             self._meter, self._shape, self._count, self._scorer = meter, shape, count_flops, scorer
+            self._cache_prefix, self._memory_bytes = cache_prefix, memory_bytes
 
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
             # harness/scoring.py: each context encoded once; lm-eval's own path when asked, or for what it
@@ -48,7 +50,8 @@ def metered_lm_class():
             if self._scorer != "shared_context" or self.backend != "causal" or not isinstance(self.batch_size, int):
                 return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
             return shared_context_loglikelihoods(
-                self, requests, lambda rest: super(MeteredHFLM, self)._loglikelihood_tokens(rest, disable_tqdm=True))
+                self, requests, lambda rest: super(MeteredHFLM, self)._loglikelihood_tokens(rest, disable_tqdm=True),
+                cache_prefix=self._cache_prefix, memory_bytes=self._memory_bytes)
 
         def _model_call(self, inps, attn_mask=None, labels=None):
             batch, seq = inps.shape
@@ -160,6 +163,31 @@ def render_requests(task: TaskHandle, doc: dict, prefix: str | None) -> list:
     return requests if isinstance(requests, list) else [requests]
 
 
+def engine_scorer(engine_cfg) -> str:
+    """The log-likelihood scorer the engine config names (configs/engine/hf.yaml); lm-eval's path without one."""
+    scorer = engine_cfg.get("scorer", "lm_eval") if engine_cfg is not None else "lm_eval"
+    if engine_cfg is not None and engine_cfg.get("name") == "vllm":
+        return "lm_eval"  # vLLM scores through lm-eval's own VLLM class
+    if scorer not in SCORERS:
+        raise HarnessError(f"engine.scorer must be one of {', '.join(SCORERS)} (got {scorer!r}): pass one of them")
+    return scorer
+
+
+def engine_memory(engine_cfg) -> int | None:
+    """engine.memory_gib as bytes: the cap scoring batches are planned under (None: `auto`, measured when scoring)."""
+    value = engine_cfg.get("memory_gib", "auto") if engine_cfg is not None else "auto"
+    if value in ("auto", None):
+        return None
+    try:
+        gib = float(value)
+    except (TypeError, ValueError):
+        gib = float("nan")
+    if not gib > 0:
+        raise HarnessError(f"engine.memory_gib must be a positive number of GiB or auto (got {value!r}): pass e.g. "
+                           "engine.memory_gib=8")
+    return int(gib * 2**30)
+
+
 def attach_adapter(model, adapter_dir: str | Path):
     from peft import PeftModel
 
@@ -204,12 +232,11 @@ def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices:
                      engine_cfg=engine_cfg, meter=meter, shape=ModelShape.of(model), tokenizer=tokenizer,
                      seed=seed)
     else:
-        # lm-eval's own path unless the engine config asks for the shared-context scorer (configs/engine/hf.yaml)
-        scorer = engine_cfg.get("scorer", "lm_eval") if engine_cfg is not None else "lm_eval"
-        if scorer not in SCORERS:
-            raise HarnessError(f"engine.scorer must be one of {', '.join(SCORERS)} (got {scorer!r}): pass one of them")
+        scorer, memory = engine_scorer(engine_cfg), engine_memory(engine_cfg)
+        # An ICL prompt's demonstrations are encoded once per evaluation by the shared-context scorer.
         lm = metered_lm_class()(pretrained=lm_model, tokenizer=tokenizer, batch_size=batch_size, meter=meter,
-                                shape=ModelShape.of(lm_model), count_flops=count_flops, scorer=scorer)
+                                shape=ModelShape.of(lm_model), count_flops=count_flops, scorer=scorer,
+                                cache_prefix=bool(adaptation.prefix), memory_bytes=memory)
     chat = task.chat_tokenizer is not None
     GRADES.clear()
     from transformers import set_seed
@@ -244,8 +271,13 @@ def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices:
             metrics[name] = float("nan")
     n = len(samples)
     cost = meter.cost
-    per_query = {"flops_measured": cost.flops_measured / max(n, 1), "flops_analytic": cost.flops_analytic / max(n, 1),
-                 "tokens": cost.tokens / max(n, 1), "wall_s": cost.wall_s / max(n, 1)}
+    # An ICL prefix's cache is computed once per evaluation, not once per query: kept apart, so that the
+    # horizon's total counts it once (harness/runner.py `at_horizon`)
+    once = cost.details.get("prefix_pass") or {}
+    per_query = {f: (getattr(cost, f) - once.get(f, 0)) / max(n, 1)
+                 for f in ("flops_measured", "flops_analytic", "tokens", "wall_s")}
+    if once:
+        per_query["once_per_evaluation"] = {**once, "what": "the ICL prefix, encoded once into the cache queries read"}
     cost.details.update(queries=n, batch_size=batch_size, flops_counted=count_flops, chat_template=chat,
                         engine=engine_cfg.get("name", "hf") if engine_cfg is not None else "hf")
     if not use_vllm:

@@ -3,8 +3,16 @@
 A budget pays `horizon ×` what an adaptation adds to every query (ICL's demonstrations, an unmerged
 adapter's 2·N_lora per token), so that price must be known before any query is answered. The pricer
 renders sample queries exactly as lm-eval will (the same context, the chat template when it is used,
-one request per choice) and splits them into the forward passes lm-eval's HF model makes (requests
-whose context + continuation[:-1] coincide share one pass). A generation query is one prefill plus
+one request per choice) and splits them into the forward passes the engine's scorer makes:
+- `lm_eval` (lm-eval's HF path): one pass per request over context + continuation[:-1] (requests whose
+  context + continuation[:-1] coincide share one pass);
+- `shared_context` (harness/scoring.py): one pass per distinct context over context[:-1], and one per
+  request over its continuation against the context's cache. With `cached=True` the prefix (ICL's
+  demonstrations) is read from a cache computed once per evaluation (`prefix_pass`), so a query pays
+  only its own tokens' attention over the prefix; `cached=False` prices the prefix re-encoded with every
+  query, the price papers quote. Generation does not cache the prefix: both prices agree there.
+
+A generation query is one prefill plus
 one step per generated token against the growing cache, so its price depends on the output length:
 the task's `max_gen_toks` (the worst case) unless the base model's measured mean on this task is
 known. After evaluation the runner prices the evaluated items again with the measured length, which
@@ -41,8 +49,10 @@ class QueryPricer:
     """Per-query analytic FLOPs of the base model and of an adaptation, on pool queries or given ones."""
 
     def __init__(self, task: TaskHandle, tokenizer, shape: ModelShape, output: OutputLength | None = None,
-                 n_docs: int = SAMPLE_DOCS) -> None:
-        self.task, self.tokenizer = task, tokenizer
+                 n_docs: int = SAMPLE_DOCS, scorer: str = "lm_eval") -> None:
+        self.task, self.tokenizer, self.scorer = task, tokenizer, scorer
+        # whether the engine reads a prefix from a cache computed once (what `cached` prices can mean)
+        self.caches_prefix = scorer == "shared_context" and not task.generative
         self.shape = replace(shape, lora_params=0)
         self.output = output or OutputLength(float(max_gen_toks(task)), "max_gen_toks")
         pool = task.pool_docs
@@ -57,7 +67,7 @@ class QueryPricer:
             self.source = "eval prompts (empty pool)"
         self._encode = lru_cache(maxsize=4096)(self._encode_uncached)  # per pricer: texts repeat across k
         self._pair = lru_cache(maxsize=4096)(self._pair_uncached)
-        self._rendered: dict[tuple[str, str], list[int]] = {}
+        self._rendered: dict[tuple, list[tuple]] = {}
 
     def _encode_uncached(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -73,63 +83,103 @@ class QueryPricer:
 
         return render_requests(self.task, doc, prefix)
 
-    def _passes(self, doc: dict, prefix: str | None) -> list[int]:
-        """Input lengths of the forward passes lm-eval makes for `doc`: one per distinct context +
-        continuation[:-1] for log-likelihood requests, the prompt (prefilled once per sample) for generation."""
-        key = (json.dumps(doc, sort_keys=True, default=str), prefix or "")
+    def _passes(self, doc: dict, prefix: str | None, cached: bool = False) -> list[tuple[int, int, int | None]]:
+        """The forward passes the scorer makes for `doc`, as (new tokens, cached positions, logit positions or
+        None for all): log-likelihood requests as the scorer groups them; for generation, the prompt
+        (prefilled once per sample)."""
+        cached = bool(cached and prefix and self.caches_prefix)
+        key = (json.dumps(doc, sort_keys=True, default=str), prefix or "", cached)
         if key not in self._rendered:  # lm-eval compiles its Jinja templates on every render: render once
-            self._rendered[key] = self._passes_uncached(doc, prefix)
+            self._rendered[key] = self._passes_uncached(doc, prefix, cached)
         return self._rendered[key]
 
-    def _passes_uncached(self, doc: dict, prefix: str | None) -> list[int]:
+    def _passes_uncached(self, doc: dict, prefix: str | None, cached: bool) -> list[tuple[int, int, int | None]]:
         requests = self._requests(doc, prefix)
         if self.task.generative:
-            return [self._encode(requests[0].arguments[0])] * int(self.task.task.config.repeats or 1)
-        passes: dict[tuple, int] = {}
+            return [(self._encode(requests[0].arguments[0]), 0, None)] * int(self.task.task.config.repeats or 1)
+        if self.scorer != "shared_context":
+            passes: dict[tuple, int] = {}
+            for req in requests:
+                context, continuation = req.arguments[0], req.arguments[1]
+                ctx, cont = self._pair(context, continuation)
+                # lm-eval groups requests by context + continuation[:-1]: one-token continuations of a shared
+                # context ride on one forward pass of ctx + cont - 1 positions.
+                key = (context, continuation if cont > 1 else "")
+                passes[key] = max(passes.get(key, 0), ctx + cont - 1)
+            return [(max(1, n), 0, None) for n in passes.values()]
+        shared = self.prefix_tokens(prefix) if cached else 0
+        contexts: dict[str, int] = {}
+        out = []
         for req in requests:
             context, continuation = req.arguments[0], req.arguments[1]
             ctx, cont = self._pair(context, continuation)
-            # lm-eval groups requests by context + continuation[:-1]: one-token continuations of a shared
-            # context ride on one forward pass of ctx + cont - 1 positions.
-            key = (context, continuation if cont > 1 else "")
-            passes[key] = max(passes.get(key, 0), ctx + cont - 1)
-        return list(passes.values())
+            if ctx < 2:  # left to lm-eval's own path
+                out.append((ctx + cont - 1, 0, None))
+                continue
+            contexts[context] = ctx
+            out.append((cont, ctx - 1, None))  # [context[-1]] + continuation[:-1] over the context's cache
+        for ctx in contexts.values():  # context[:-1], its shared prefix (at most ctx - 2 tokens) read from the cache
+            p = min(shared, ctx - 2)
+            out.append((ctx - 1 - p, p, 1))
+        return out
 
-    def _doc_flops(self, doc: dict, prefix: str | None, shape: ModelShape, gen_tokens: float) -> float:
+    def _doc_flops(self, doc: dict, prefix: str | None, shape: ModelShape, gen_tokens: float,
+                   cached: bool = False) -> float:
+        passes = self._passes(doc, prefix, cached)
         if self.task.generative:
-            return sum(shape.generate(1, n, gen_tokens) for n in self._passes(doc, prefix))
-        return sum(shape.forward(1, max(1, n)) for n in self._passes(doc, prefix))
+            return sum(shape.generate(1, n, gen_tokens) for n, _, _ in passes)
+        return sum(shape.forward_cached(1, new, old, logits) for new, old, logits in passes)
 
     def passes(self) -> float:
         """Mean forward passes per query that carry the context (prefills, for generation)."""
+        if self.scorer == "shared_context" and not self.task.generative:
+            return sum(sum(1 for *_, logits in self._passes(d, None) if logits == 1) for d in self.docs) / max(
+                1, len(self.docs))
         return sum(len(self._passes(d, None)) for d in self.docs) / max(1, len(self.docs))
 
     def longest(self, prefix: str | None = None) -> int:
         """The longest input among the sample queries: context + continuation, or prompt + max_gen_toks."""
         extra = max_gen_toks(self.task) if self.task.generative else 1
-        return max((n + extra for d in self.docs for n in self._passes(d, prefix)), default=0)
+        return max((new + old + extra for d in self.docs for new, old, _ in self._passes(d, prefix)), default=0)
 
     def flops(self, prefix: str | None = None, lora_params: int = 0, gen_tokens: float | None = None,
-              docs: list[dict] | None = None) -> float:
+              docs: list[dict] | None = None, cached: bool = False) -> float:
         """Mean analytic FLOPs of one query (every sample of it), adapted by `prefix` and/or an unmerged
-        adapter of `lora_params` weights."""
+        adapter of `lora_params` weights; `cached`: the prefix read from its cache (see `prefix_pass`)."""
         docs = self.docs if docs is None else docs
         if not docs:
             return 0.0
         shape = replace(self.shape, lora_params=int(lora_params))
         g = self.output.tokens if gen_tokens is None else float(gen_tokens)
-        return sum(self._doc_flops(d, prefix, shape, g) for d in docs) / len(docs)
+        return sum(self._doc_flops(d, prefix, shape, g, cached) for d in docs) / len(docs)
 
     def extra(self, prefix: str | None = None, lora_params: int = 0, gen_tokens: float | None = None,
-              docs: list[dict] | None = None) -> float:
-        """What the adaptation adds to one query, over the base model on the same queries."""
+              docs: list[dict] | None = None, cached: bool = False) -> float:
+        """What the adaptation adds to one query, over the base model on the same queries (`cached`: the
+        prefix read from the cache `prefix_pass` computes once, where the scorer keeps one)."""
         if not prefix and not lora_params:
             return 0.0
-        return (self.flops(prefix, lora_params, gen_tokens, docs)
+        return (self.flops(prefix, lora_params, gen_tokens, docs, cached)
                 - self.flops(None, 0, gen_tokens, docs))
 
     def prefix_tokens(self, prefix: str | None) -> int:
         return self._encode(prefix) if prefix else 0
+
+    def prefix_pass(self, prefix: str | None) -> float:
+        """FLOPs of encoding `prefix` once into the cache every query reads (0 where the scorer keeps none)."""
+        if not prefix or not self.caches_prefix:
+            return 0.0
+        return float(self.shape.forward_cached(1, self.prefix_tokens(prefix), 0, logits=1))
+
+    def icl_prices(self, prefix: str | None, horizon: int, docs: list[dict] | None = None) -> dict:
+        """A prefix priced both ways over `horizon` queries: `cached` (one prefix pass, then each query's own
+        tokens over the cache: what the shared-context scorer runs) and `recompute` (the prefix re-encoded
+        with every query, as papers price ICL)."""
+        once = self.prefix_pass(prefix)
+        cached, recompute = self.extra(prefix, docs=docs, cached=True), self.extra(prefix, docs=docs)
+        return {"prefix_cached": bool(once), "prefix_pass_flops": once,
+                "per_query_extra_cached": cached, "per_query_extra_recompute": recompute,
+                "cached": once + horizon * cached, "recompute": horizon * recompute}
 
     def describe(self) -> dict:
         """The output length generation is priced with, and where it came from (None for log-likelihood tasks)."""

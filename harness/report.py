@@ -88,6 +88,8 @@ def charged_costs(record: dict, targets: dict[str, int]) -> dict:
     # evaluation run with engine.count_flops=false measured nothing: fall back to the analytic figure
     per_query_flops = per_query["flops_measured"] or per_query.get("flops_analytic", 0)
     horizon = record["at_horizon"]["horizon"]
+    once = per_query.get("once_per_evaluation") or {}  # an ICL prefix's cache: paid once, not per query
+    once_flops = once.get("flops_measured") or once.get("flops_analytic", 0.0)
     use = record["adaptation"].get("budget") or {}
     amount = float(use.get("amount") or budget.get("amount") or 0)
     parts = use.get("parts") or {}
@@ -105,7 +107,7 @@ def charged_costs(record: dict, targets: dict[str, int]) -> dict:
             "overspent_by_recount": bool(overspent and recount),
             "adapt_flops": cost["flops_measured"], "adapt_s": cost["wall_s"], "per_query_flops": per_query_flops,
             "per_query_s": per_query["wall_s"], "horizon": horizon,
-            "total_flops_at_horizon": cost["flops_measured"] + share_flops + horizon * per_query_flops,
+            "total_flops_at_horizon": cost["flops_measured"] + share_flops + once_flops + horizon * per_query_flops,
             "budget_spent": spent, "budget_overspent": overspent, "budget_bound": bool(use.get("bound"))}
 
 
@@ -383,7 +385,9 @@ def _budgets_line(records: list[tuple[Path, dict]]) -> str:
     for _, r in records:
         b = r["config"]["budget"]
         policy = budget_policy(b) + ("" if "one_off" in b else " (recorded before budgets charged one-off phases)")
-        seen[b["name"]] = f"`{b['name']}`: {b['kind']} ≤ {b['amount']:g}, horizon {b['horizon']}, one-off {policy}"
+        icl = b.get("icl_pricing", "recompute (recorded before ICL prefixes were cached)")
+        seen[b["name"]] = (f"`{b['name']}`: {b['kind']} ≤ {b['amount']:g}, horizon {b['horizon']}, one-off {policy}, "
+                           f"ICL prefix priced {icl}")
     return "; ".join(seen[k] for k in sorted(seen))
 
 

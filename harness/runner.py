@@ -15,7 +15,7 @@ from harness.budget import Budget
 from harness.config_checks import as_int
 from harness.console import say
 from harness.errors import HarnessError
-from harness.evaluate import evaluate_adaptation
+from harness.evaluate import engine_memory, engine_scorer, evaluate_adaptation
 from harness.flops import ModelShape
 from harness.models import adapter_problem, load_model, resolve_device, resolve_dtype
 from harness.pricing import OutputLength, QueryPricer
@@ -63,6 +63,7 @@ def run_cell(cfg) -> Path:
     subset_seed = as_int(cfg.eval.subset_seed, "eval.subset_seed")
     seed = config["seed"]
     batch_size = as_int(cfg.engine.batch_size, "engine.batch_size", minimum=1)
+    engine_scorer(cfg.engine), engine_memory(cfg.engine)  # one-line errors before any work
     if cfg.engine.get("name") == "vllm":  # before any training: an adaptation nobody can score is lost work
         from harness.engines.vllm_engine import INSTALL_HINT, vllm_available
 
@@ -102,7 +103,8 @@ def run_cell(cfg) -> Path:
         loaded = load_model(cfg.model, device, dtype)
         if use_chat_template(cfg, task, loaded.tokenizer):
             task.use_chat(loaded.tokenizer)
-        pricing = QueryPricer(task, loaded.tokenizer, ModelShape.of(loaded.model), output)
+        pricing = QueryPricer(task, loaded.tokenizer, ModelShape.of(loaded.model), output,
+                              scorer=engine_scorer(cfg.engine))
 
         work = build.work
         created = not work.exists()
@@ -127,7 +129,9 @@ def run_cell(cfg) -> Path:
             result = evaluate_adaptation(loaded.model, loaded.tokenizer, task, adaptation, indices, batch_size, device,
                                          count_flops=bool(cfg.engine.count_flops), engine_cfg=cfg.engine,
                                          model_dir=loaded.info.get("cache") or loaded.info.get("hub_id"), seed=seed)
-            result.per_query["predicted"] = {"flops_analytic": pricing.flops(adaptation.prefix, adaptation.lora_params),
+            cached = budget.icl_pricing == "cached"
+            result.per_query["predicted"] = {"flops_analytic": pricing.flops(adaptation.prefix, adaptation.lora_params,
+                                                                             cached=cached),
                                              "queries_priced": len(pricing.docs), "priced_on": pricing.source,
                                              **pricing.describe()}
             settle_budget(adaptation, budget, pricing, task.eval_docs, indices, result.per_query)
@@ -204,7 +208,8 @@ def settle_budget(adaptation: Adaptation, budget: Budget, pricing: QueryPricer, 
         indices = sorted(random.Random(0).sample(list(indices), max_docs))
     docs = [eval_docs[i] for i in indices]
     generated = per_query.get("generated_tokens")
-    actual = pricing.extra(adaptation.prefix, adaptation.lora_params, generated, docs)
+    cached = budget.icl_pricing == "cached"
+    actual = pricing.extra(adaptation.prefix, adaptation.lora_params, generated, docs, cached=cached)
     parts = dict(use.parts) or {"own": use.spent, "queries": 0.0, "one_off": 0.0}
     # FLOPs are re-priced; other kinds keep what the strategy booked for the queries (ICL's timed prefixes)
     queries = budget.horizon * actual if budget.kind == "flops" else parts.get("queries", 0.0)
@@ -212,6 +217,8 @@ def settle_budget(adaptation: Adaptation, budget: Budget, pricing: QueryPricer, 
     use.after_eval = {"per_query_extra_predicted": adaptation.per_query_extra_flops,
                       "per_query_extra_on_eval_items": actual, "eval_items_priced": len(docs),
                       "queries": queries, "spent": spent, "gen_tokens_measured": generated, **pricing.describe()}
+    if adaptation.prefix:  # both prices of the demonstrations on the evaluated items, whichever the budget charges
+        use.after_eval["icl_prices"] = pricing.icl_prices(adaptation.prefix, budget.horizon, docs)
     use.overspent = max(0.0, spent - budget.amount)
 
 
@@ -257,6 +264,7 @@ def _record(config, key, model_info, task: TaskHandle, indices, adaptation: Adap
     adapt_cost["one_off_charged"] = {"amortized": adapt_cost["one_off_amortized"], "whole": adapt_cost["one_off"],
                                      "excluded": dict.fromkeys(fields, 0.0)}[policy]
     horizon = int(config["budget"]["horizon"])
+    once = result.per_query.get("once_per_evaluation") or {}
     metrics = dict(result.metrics)
     metrics["n"] = result.n
     return {
@@ -280,8 +288,9 @@ def _record(config, key, model_info, task: TaskHandle, indices, adaptation: Adap
         "adaptation_cost": adapt_cost,
         "per_query": result.per_query,
         # adaptation + its one-off share (by the budget's policy, declared targets) + horizon × per query
+        # (+ what evaluation computes once, whatever the number of queries: an ICL prefix's cache)
         "at_horizon": {"horizon": horizon, "one_off": policy,
-                       **{f: adapt_cost[f] + adapt_cost["one_off_charged"][f] + horizon * result.per_query[f]
-                          for f in ("flops_measured", "flops_analytic")}},
+                       **{f: adapt_cost[f] + adapt_cost["one_off_charged"][f] + once.get(f, 0.0)
+                          + horizon * result.per_query[f] for f in ("flops_measured", "flops_analytic")}},
         "samples_file": store.SAMPLES,
     }

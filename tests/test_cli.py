@@ -82,6 +82,9 @@ def test_budget_smaller_than_one_training_step(capsys, runs):
     ("engine.batch_size=0", "engine.batch_size must be >= 1"),
     ("strategy=base,icl", "add -m to sweep"),
     ("budget.one_off=sometimes", "one_off must be one of amortized, whole, excluded (got 'sometimes')"),
+    ("budget.icl_pricing=free", "icl_pricing must be one of cached, recompute (got 'free')"),
+    ("engine.scorer=fast", "engine.scorer must be one of shared_context, lm_eval (got 'fast')"),
+    ("engine.memory_gib=-1", "engine.memory_gib must be a positive number of GiB or auto"),
     ("task=livecodebench task.grading=strict", "unknown grading mode 'strict'"),
 ])
 def test_bad_values_are_one_line_errors(capsys, runs, override, expected):

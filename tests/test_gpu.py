@@ -19,7 +19,7 @@ def test_train_and_evaluate_on_cuda_in_bf16(tmp_path):
     loaded = load_model(cfg.model, device, torch.bfloat16)
     task = TaskHandle.from_cfg(cfg.task)
     ctx = AdaptContext(model=loaded.model, tokenizer=loaded.tokenizer, task=task,
-                       budget=Budget("s", "steps", 3, 10, "amortized"),
+                       budget=Budget("s", "steps", 3, 10, "amortized", "cached"),
                        settings=cfg.strategy, seed=0, workdir=tmp_path, device=device, progress=False)
     adaptation = get_strategy("lora").adapt(ctx)
     train = adaptation.costs[0]

@@ -43,7 +43,7 @@ def test_lora_adapter_saved_reloaded_gives_the_same_scores(smollm2, arc_easy, tm
 
     cfg = compose("strategy=lora_fewshot", "strategy.lr=1e-3")
     ctx = AdaptContext(model=smollm2.model, tokenizer=smollm2.tokenizer, task=arc_easy,
-                       budget=Budget("steps_4", "steps", 4, 100, "amortized"), settings=cfg.strategy, seed=0,
+                       budget=Budget("steps_4", "steps", 4, 100, "amortized", "cached"), settings=cfg.strategy, seed=0,
                        workdir=tmp_path,
                        device=torch.device("cpu"), progress=False)
     adaptation = get_strategy("lora").adapt(ctx)

@@ -102,7 +102,7 @@ def test_a_measured_base_length_prices_generation_and_a_longer_output_overspends
     pricer = QueryPricer(task, tiny.tokenizer, ModelShape.of(tiny.model), OutputLength(4.0, "assumed short"))
     demos = task.sample_pool(8, 0)  # what the ICL cell below draws (seed 0), rendered as its prefix
     three = "".join(p + c + task.task.config.fewshot_delimiter for p, c in map(task.labeled_example, demos[:3]))
-    budget = Budget("b", "flops", 100 * pricer.extra(three) * 1.01, 100, "amortized")  # three fit, four do not
+    budget = Budget("b", "flops", 100 * pricer.extra(three) * 1.01, 100, "amortized", "cached")  # three fit, four do not
     ctx = AdaptContext(model=tiny.model, tokenizer=tiny.tokenizer, task=task, budget=budget,
                        settings=compose("strategy=icl", "strategy.shots=8").strategy, seed=0, workdir=tmp_path,
                        device=torch.device("cpu"), progress=False, pricing=pricer)

@@ -16,7 +16,7 @@ def _record(folder, strategy, outcomes, *, seed=0, task="t", adapt_flops=0, per_
     from harness.budget import one_off_share
 
     cell = {"model": "m", "task": task, "strategy": strategy, "budget": budget["name"], "seed": seed}
-    b = Budget(budget["name"], budget["kind"], budget["amount"], budget["horizon"], budget["one_off"])
+    b = Budget(budget["name"], budget["kind"], budget["amount"], budget["horizon"], budget["one_off"], "cached")
     share = one_off_share(list(one_off_costs), b.kind, b.one_off)  # over the declared targets, as at run time
     use = BudgetUse.of(b, own=adapt_flops, queries=b.horizon * extra, one_off=share, bound=bound)
     use.after_eval = after_eval

@@ -21,8 +21,8 @@ def _ctx(tiny, task, budget, strategy, tmp_path, **overrides):
     from harness.strategy import AdaptContext
 
     cfg = compose(f"strategy={strategy}", *[f"strategy.{k}={v}" for k, v in overrides.items()]).strategy
-    return AdaptContext(model=tiny.model, tokenizer=tiny.tokenizer, task=task, budget=Budget("b", *budget, "amortized"),
-                        settings=cfg, seed=3, workdir=tmp_path, device=torch.device("cpu"), progress=False)
+    return AdaptContext(model=tiny.model, tokenizer=tiny.tokenizer, task=task,
+                        budget=Budget("b", *budget, "amortized", "cached"), settings=cfg, seed=3, workdir=tmp_path, device=torch.device("cpu"), progress=False)
 
 
 def test_icl_demonstrations_come_from_the_pool_and_fit_the_budget(tiny, arc, tmp_path):

@@ -73,7 +73,8 @@ class PhaseMeter:
         synchronize(self.device)
         self.cost.wall_s += time.perf_counter() - self._start
         self.cost.flops_measured = self.tally.total
-        self.cost.details.update(flops_counted_live=self.tally.counted, flops_reused_by_shape=self.tally.reused)
+        self.cost.details.update(flops_counted_live=self.tally.counted, flops_reused_by_shape=self.tally.reused,
+                                 flops_derived_by_fit=self.tally.derived)
         if self.device.type == "cuda":
             self.cost.peak_mem_bytes = torch.cuda.max_memory_allocated(self.device)
             self.cost.peak_mem_kind = "cuda_max_allocated"

@@ -63,6 +63,34 @@ def metered_lm_class():
                 return super()._model_call(inps, attn_mask, labels)
 
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
+            """lm-eval's batch, generated in groups of similar prompt lengths (`generation_groups`) so that one
+            long prompt does not pad the others; the rows come back left-padded to the batch's width, as
+            lm-eval's caller slices them."""
+            mask = generation_kwargs.get("attention_mask")
+            if mask is None or context.shape[0] == 1 or self.backend != "causal":
+                return self._generate_metered(context, max_length, stop, **generation_kwargs)
+            lengths = [int(n) for n in mask.sum(dim=1)]
+            groups = generation_groups(lengths)
+            if len(groups) == 1:
+                return self._generate_metered(context, max_length, stop, **generation_kwargs)
+            batch, width = context.shape
+            new = max_length - width
+            outs = []
+            for rows in groups:
+                w = max(lengths[r] for r in rows)
+                pick = torch.tensor(rows, device=context.device)
+                sub = {**generation_kwargs, "attention_mask": mask.index_select(0, pick)[:, width - w:]}
+                outs.append((rows, w, self._generate_metered(context.index_select(0, pick)[:, width - w:], w + new,
+                                                             stop, **sub)))
+            total = max(width - w + out.shape[1] for _, w, out in outs)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
+            result = torch.full((batch, total), pad, dtype=context.dtype, device=context.device)
+            for rows, w, out in outs:
+                result[rows, :width] = context[rows]
+                result[rows, width:width - w + out.shape[1]] = out[:, w:]
+            return result
+
+        def _generate_metered(self, context, max_length, stop, **generation_kwargs):
             batch, prompt = context.shape
             with _DecodeCounter(self.model, self._meter, self._shape) if self._count else contextlib.nullcontext():
                 out = super()._model_generate(context, max_length, stop, **generation_kwargs)
@@ -76,6 +104,26 @@ def metered_lm_class():
             return out
 
     return MeteredHFLM
+
+
+GENERATION_PADDING_SLACK = 1.0  # a generation batch is split where its padded prompt positions would exceed 2x the real
+
+
+def generation_groups(lengths: list[int], slack: float = GENERATION_PADDING_SLACK) -> list[list[int]]:
+    """Rows of one generation batch (prompt `lengths`), grouped longest first so that each group's padded
+    prompt positions stay within (1 + slack) x its real ones. Decoding reads the weights once per step for
+    a whole group, so groups are split only where padding would at least double a group's prompt work
+    (MBPP's prompt with a 2,000-token test literal, beside prompts of 200)."""
+    order = sorted(range(len(lengths)), key=lambda r: -lengths[r])
+    groups: list[list[int]] = []
+    for r in order:
+        group = groups[-1] if groups else None
+        real = sum(lengths[g] for g in group) + lengths[r] if group else 0
+        if group and lengths[group[0]] * (len(group) + 1) <= (1 + slack) * real:
+            group.append(r)
+        else:
+            groups.append([r])
+    return groups
 
 
 class _DecodeCounter:

@@ -101,6 +101,69 @@ def flop_counter() -> FlopCounterMode:
     return TotalFlopCounter(custom_mapping=extra)
 
 
+class LinearCounts:
+    """Counter totals that are exact linear functions of a pass's shape features, learned from live counts.
+
+    A forward pass of a given kind (same model, same code path) counts matmuls linear in rows x new tokens,
+    attention linear in rows x new x keys, and the output head linear in rows x logit positions: its
+    FlopCounterMode total is c . features exactly. Once len(features) live counts at independent shapes
+    determine c, and every further live count up to `CONFIRM` points matches it exactly, later passes of
+    that kind are derived from c instead of counted; a single mismatch keeps the kind counted live forever.
+    """
+
+    CONFIRM = 2  # live counts beyond the ones that determine c, all of which must match exactly
+
+    def __init__(self) -> None:
+        self.points: dict = {}  # kind -> [(features, counted FLOPs)]
+        self.coef: dict = {}  # kind -> exact rational coefficients, once confirmed
+        self.unfit: set = set()
+
+    def derive(self, kind, features: tuple[int, ...]) -> int | None:
+        coef = self.coef.get(kind)
+        if coef is None:
+            return None
+        value = sum(c * f for c, f in zip(coef, features, strict=True))
+        return int(value) if value.denominator == 1 else None
+
+    def learn(self, kind, features: tuple[int, ...], flops: int) -> None:
+        if kind in self.coef or kind in self.unfit:
+            return
+        points = self.points.setdefault(kind, [])
+        points.append((tuple(features), int(flops)))
+        if len(points) < len(features) + self.CONFIRM:
+            return
+        coef = _solve_exact(points, len(features))
+        if coef is None:  # no independent set yet (shapes too alike): keep counting
+            if len(points) > 4 * len(features) + 8:
+                self.unfit.add(kind)
+            return
+        if all(sum(c * f for c, f in zip(coef, x)) == y for x, y in points):
+            self.coef[kind] = coef
+        else:
+            self.unfit.add(kind)
+
+
+def _solve_exact(points: list, n: int):
+    """Coefficients c with c . x = y on the first n linearly independent points, in exact rationals."""
+    from fractions import Fraction
+    from itertools import combinations
+
+    for chosen in combinations(points[:12], n):
+        rows = [[Fraction(v) for v in x] + [Fraction(y)] for x, y in chosen]
+        for col in range(n):  # Gauss-Jordan elimination
+            pivot = next((r for r in range(col, n) if rows[r][col] != 0), None)
+            if pivot is None:
+                break
+            rows[col], rows[pivot] = rows[pivot], rows[col]
+            rows[col] = [v / rows[col][col] for v in rows[col]]
+            for r in range(n):
+                if r != col and rows[r][col] != 0:
+                    rows[r] = [a - rows[r][col] * b for a, b in zip(rows[r], rows[col])]
+        else:
+            return [rows[i][n] for i in range(n)]
+    return None
+
+
 class FlopTally:
     """Accumulates measured FLOPs over many counted regions.
 
@@ -113,7 +176,24 @@ class FlopTally:
         self.total = 0
         self.counted = 0  # regions counted live
         self.reused = 0  # regions whose count came from an identical, earlier region
+        self.derived = 0  # regions whose count came from an exact linear fit of earlier live counts
+        self.linear = LinearCounts()
         self._by_key: dict = {}
+
+    @contextlib.contextmanager
+    def count_linear(self, kind, features: tuple[int, ...]):
+        """Count the region live until `kind`'s counts are known as an exact linear function of `features`
+        (LinearCounts), then add the derived count without FlopCounterMode's per-op dispatch."""
+        derived = self.linear.derive(kind, features)
+        if derived is not None:
+            self.derived += 1
+            self.total += derived
+            yield
+            return
+        before = self.total
+        with self.count():
+            yield
+        self.linear.learn(kind, features, self.total - before)
 
     @contextlib.contextmanager
     def count(self, shape_key=None):

@@ -14,9 +14,10 @@ token), and k demonstrations are re-encoded for every choice of every query. Her
    request gets what lm-eval returns for it: (sum of the continuation's log-probs, whether every
    token is the argmax). Only the continuation positions' logits ever exist.
 
-Batches are sized by memory (`plan_batches`): contexts are taken longest first, as many per batch as
-`engine.batch_size` allows and the estimated memory of the batch's passes (KV caches, activations,
-attention scores, float32 log-probs over the vocabulary) fits in `memory_bytes`.
+Batches are sized by memory and padding (`plan_batches`): contexts are taken longest first, as many per
+batch as `engine.batch_size` allows, the estimated memory of the batch's passes (KV caches, activations,
+attention scores, float32 log-probs over the vocabulary) fits in `memory_bytes`, and padding stays within
+PADDING_SLACK of the real tokens; continuations likewise, longest first.
 
 Requests lm-eval would truncate (context + continuation longer than max_length + 1) or whose context
 is a single token go through lm-eval's own path unchanged.
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 
 SCORERS = ("shared_context", "lm_eval")
 MEMORY_FRACTION = 0.8  # of the memory available when scoring starts, for `memory_gib: auto`
+PADDING_SLACK = 0.2  # a pass may hold at most this share more positions than real tokens (padding is wasted work)
 
 
 def available_memory(device: torch.device) -> int:
@@ -80,9 +82,14 @@ def plan_batches(lengths: list[int], prefix: int, conts: list[list[int]], size: 
     (each a list of continuation lengths' positions in the batch's flattened continuations, longest first).
 
     `lengths[c]` is context c's token count, `conts[c]` its continuations' lengths. A batch takes contexts
-    while `size` allows and both its context pass and its first (widest) continuation pass fit `cap`;
-    a single context or continuation always goes (nothing smaller exists), however large.
+    while `size` allows, its padded positions stay within PADDING_SLACK of its real ones, and both its
+    context pass and its first (widest) continuation pass fit `cap`; a continuation pass takes rows the same
+    way. A single context or continuation always goes (nothing smaller exists), however large.
     """
+
+    def padded_ok(widths: list[int]) -> bool:  # longest first: the first is the padded width
+        return widths[0] * len(widths) <= (1 + PADDING_SLACK) * sum(widths)
+
     order = sorted(range(len(lengths)), key=lambda c: -lengths[c])
     plans = []
     at = 0
@@ -90,6 +97,8 @@ def plan_batches(lengths: list[int], prefix: int, conts: list[list[int]], size: 
         batch = [order[at]]
         while at + len(batch) < len(order) and len(batch) < size:
             trial = batch + [order[at + len(batch)]]
+            if not padded_ok([lengths[c] - 1 - prefix for c in trial]):
+                break
             width = max(lengths[c] for c in trial) - 1 - prefix
             widest = max(n for c in trial for n in conts[c])
             rows = min(size, sum(len(conts[c]) for c in trial))
@@ -104,8 +113,9 @@ def plan_batches(lengths: list[int], prefix: int, conts: list[list[int]], size: 
         passes, first = [], 0
         while first < len(flat):
             rows = 1
-            while (first + rows < len(flat) and rows < size and memory.continuation_pass(
-                    len(batch), context_width, rows + 1, flat[first][0]) <= cap):
+            while (first + rows < len(flat) and rows < size
+                   and padded_ok([n for n, _, _ in flat[first:first + rows + 1]])
+                   and memory.continuation_pass(len(batch), context_width, rows + 1, flat[first][0]) <= cap):
                 rows += 1
             passes.append([(c, j) for _, c, j in flat[first:first + rows]])
             first += rows
@@ -169,13 +179,23 @@ def _shared_prefix(contexts: list[tuple]) -> int:
     return max(common, 0)
 
 
-def _call(lm, key, **inputs):
+def _call(lm, key, features: tuple[int, ...], **inputs):
+    """One forward pass, FLOP-counted: live, until the pass kind's count is known exactly as a linear function
+    of its shape (`_features`; harness/flops.py LinearCounts)."""
     with torch.no_grad(), torch.autocast(device_type=lm.device.type, dtype=lm.mixed_precision_dtype,
                                          enabled=lm.mixed_precision_dtype is not None):
         if not lm._count:
             return lm.model(**inputs)
-        with lm._meter.count(key):
+        with lm._meter.tally.count_linear(key, features):
             return lm.model(**inputs)
+
+
+def _features(rows: int, new: int, cached: int, logits: int | None = None) -> tuple[int, ...]:
+    """(rows x new, rows x new x keys[, rows x logit positions]): the last only where the head sees fewer
+    positions than the pass's (with logits at every position it is the first feature again)."""
+    if logits is None:
+        return rows * new, rows * new * (cached + new)
+    return rows * new, rows * new * (cached + new), rows * logits
 
 
 def _encode_prefix(lm, tokens: tuple):
@@ -187,8 +207,8 @@ def _encode_prefix(lm, tokens: tuple):
     lm._meter.add(flops_analytic=analytic, tokens=n)
     ids = torch.tensor([tokens], device=lm.device)
     before, start = lm._meter.tally.total, time.perf_counter()
-    out = _call(lm, ("prefix", n), input_ids=ids, position_ids=torch.arange(n, device=lm.device)[None],
-                use_cache=True, logits_to_keep=1)
+    out = _call(lm, "prefix", _features(1, n, 0, 1), input_ids=ids,
+                position_ids=torch.arange(n, device=lm.device)[None], use_cache=True, logits_to_keep=1)
     if lm.device.type == "cuda":
         torch.cuda.synchronize(lm.device)
     # paid once per evaluation, not per query: the record keeps it apart (per_query["once_per_evaluation"])
@@ -216,7 +236,7 @@ def _encode_contexts(lm, batch: list[tuple], prefix: int = 0, prefix_cache=None)
                                             for k, v in prefix_cache], config=lm.model.config)
     lm._meter.add(flops_analytic=lm._shape.forward_cached(len(batch), width, prefix, logits=1),
                   tokens=len(batch) * width)
-    out = _call(lm, ("shared_context", len(batch), width, prefix), input_ids=ids.to(lm.device),
+    out = _call(lm, ("context", bool(prefix)), _features(len(batch), width, prefix, 1), input_ids=ids.to(lm.device),
                 attention_mask=mask.to(lm.device), position_ids=positions.to(lm.device), past_key_values=past,
                 use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
@@ -243,7 +263,7 @@ def _score_rows(lm, batch, keys, values, rows, requests, results) -> None:
               for k, v in zip(keys, values, strict=True)]  # each row gets its own context's cache
     cache = DynamicCache(ddp_cache_data=layers, config=lm.model.config)
     lm._meter.add(flops_analytic=lm._shape.forward_cached(len(rows), width, cached), tokens=len(rows) * width)
-    logits = _call(lm, ("continuations", len(rows), width, cached), input_ids=ids.to(lm.device),
+    logits = _call(lm, "continuations", _features(len(rows), width, cached), input_ids=ids.to(lm.device),
                    attention_mask=mask.to(lm.device), position_ids=positions.to(lm.device), past_key_values=cache,
                    use_cache=True).logits
     del cache, layers

@@ -236,7 +236,12 @@ def test_plan_batches_covers_every_request_once_within_the_cap(tiny):
     lengths = [50, 400, 30, 400, 120, 90, 31, 700]
     conts = [[3, 5], [10, 1, 2, 2], [4], [7, 7], [1, 1, 1, 1, 1], [20, 2], [3], [2, 9]]
     unlimited = plan_batches(lengths, 20, conts, 3, memory, cap=10**15)
-    assert [batch for batch, _ in unlimited] == [[7, 1, 3], [4, 5, 0], [6, 2]]  # longest first, `size` a batch
+    # longest first; encoded widths (length - 1 - prefix) 679, 379, 379, 99, 69, 29, 10, 9: a context joins a
+    # batch while width_max x count <= 1.2 x the widths' sum (679+379: 1358 > 1270; 379x3 = 1137 > 1028; ...)
+    assert [batch for batch, _ in unlimited] == [[7], [1, 3], [4, 5], [0], [6, 2]]
+    # continuations likewise: batch [1, 3] has 10, 7, 7, 2, 2, 1 -> [10, 7] (20 <= 20.4), [7] (7, 2: 14 > 10.8),
+    # [2, 2, 1]
+    assert [[len(rows) for rows in passes] for _, passes in unlimited] == [[1, 1], [2, 1, 3], [1, 1, 3, 2], [1, 1], [2]]
     for cap in (10**15, 5 * 2**20, 1):
         plans = plan_batches(lengths, 20, conts, 3, memory, cap)
         seen = sorted((c, j) for batch, passes in plans for rows in passes for c, j in rows)
@@ -247,7 +252,8 @@ def test_plan_batches_covers_every_request_once_within_the_cap(tiny):
             for rows in passes:
                 assert len(rows) <= 3 and all(c in batch for c, _ in rows)
                 if len(rows) > 1:  # a single row always goes, however large
-                    assert memory.continuation_pass(len(batch), width, len(rows), max(conts[c][j] for c, j in rows)) <= cap
+                    widest = max(conts[c][j] for c, j in rows)
+                    assert memory.continuation_pass(len(batch), width, len(rows), widest) <= cap
     assert len(plan_batches(lengths, 20, conts, 3, memory, cap=1)) == len(lengths)  # nothing fits: one by one
 
 
@@ -301,3 +307,29 @@ def test_scoring_stays_under_its_memory_cap(tmp_path):
     assert uncapped["used"] > 2 * 150 * 2**20  # without a cap the batch would not fit under it
     assert capped["passes"] > uncapped["passes"]
     assert capped["used"] <= 150 * 2**20
+
+
+def test_derived_counts_equal_the_counters_own(tiny):
+    """Once a pass kind's FlopCounterMode totals are known as an exact linear function of its shape, the derived
+    counts are the counter's: scoring the same requests counted live every time gives the same total."""
+    from harness.costs import PhaseMeter
+
+    model, tok = tiny.model, tiny.tokenizer
+    g = torch.Generator().manual_seed(3)
+    requests = []
+    for q in range(40):  # contexts and continuations of many lengths: many distinct pass shapes
+        context = torch.randint(5, 40000, (int(torch.randint(4, 60, (1,), generator=g)),), generator=g).tolist()
+        for c in range(3):
+            cont = torch.randint(5, 40000, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+            requests.append(((None, None), context, cont))
+    totals = {}
+    for live in (False, True):
+        lm = _lm(model, tok, "shared_context", batch_size=4)
+        lm._meter = PhaseMeter("inference", "cpu")
+        if live:  # a tally that never trusts a fit: every pass counted by FlopCounterMode
+            lm._meter.tally.linear.derive = lambda kind, features: None
+        with lm._meter:
+            lm._loglikelihood_tokens(requests)
+        totals[live] = lm._meter.cost
+    assert totals[False].details["flops_derived_by_fit"] > 10 and totals[True].details["flops_derived_by_fit"] == 0
+    assert totals[False].flops_measured == totals[True].flops_measured

@@ -1,7 +1,8 @@
 """Items/s of our log-likelihood path against plain lm-eval, and the peak memory of long ICL prompts.
 
     python benchmarks/bench_scoring.py [--repeats 5] [--batch-size 16] [--cases arc_easy,hellaswag,icl]
-                                       [--memory-shots 16,64] [--memory-items 16]
+                                       [--items 64] [--icl-items 16] [--memory-shots 16,64] [--memory-items 16]
+                                       [--threads N]
 
 Speed: the same cached SmolLM2 (float32, CPU), the same items and batch size, in one process, arms
 interleaved (the order alternates each repeat), median seconds per arm:
@@ -149,7 +150,8 @@ def memory(args) -> None:
     print("|---|---|---|---|---|---|")
     for shots in [int(s) for s in args.memory_shots.split(",") if s]:
         out = subprocess.run([sys.executable, __file__, "--memory-child", str(shots), "--memory-items",
-                              str(args.memory_items), "--batch-size", str(args.batch_size)],
+                              str(args.memory_items), "--batch-size", str(args.batch_size)]
+                             + (["--threads", str(args.threads)] if args.threads else []),
                              capture_output=True, text=True)
         if out.returncode:
             print(f"| {shots} | — | failed (exit {out.returncode}): {out.stderr.strip().splitlines()[-1:]} | | | |")
@@ -168,8 +170,13 @@ def main() -> None:
     parser.add_argument("--cases", default="arc_easy,hellaswag,icl", help="of arc_easy,hellaswag,icl ('' for none)")
     parser.add_argument("--memory-shots", default="16,64")
     parser.add_argument("--memory-items", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.memory_child is not None:
         memory_child(args.memory_child, args.memory_items, args.batch_size)
         return

@@ -31,4 +31,7 @@ def test_budgets_and_strategies_are_well_formed():
 
 def test_default_experiment_is_a_matched_sweep():
     cfg = compose("experiment=default")
-    assert cfg.eval.limit == 50 and cfg.budget.kind == "flops"
+    assert cfg.eval.limit == 200 and cfg.budget.kind == "flops"
+    assert cfg.hydra.sweeper.params.strategy == "base,icl,lora_fewshot,lora"
+    with_dnd = compose("experiment=default_dnd")
+    assert with_dnd.eval.limit == 200 and with_dnd.hydra.sweeper.params.strategy.endswith(",dnd_default")

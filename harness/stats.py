@@ -104,9 +104,10 @@ def paired_test(base: np.ndarray, other: np.ndarray, seed: int = BOOTSTRAP_SEED)
         return out
     out["test"] = "sign-flip permutation"
     nonzero = diff[diff != 0]  # a zero difference flips to itself: it cannot move the statistic
-    if len(nonzero) == 0:
+    if len(nonzero) < 2:  # 0 or 1 differences: every sign pattern reaches |mean| (scipy refuses one observation)
         out["p"] = 1.0
         return out
+    # With 2^n <= n_resamples scipy enumerates the 2^n sign patterns exactly; beyond that it samples them.
     result = permutation_test((nonzero,), np.mean, permutation_type="samples", vectorized=True, batch=500,
                               n_resamples=PERMUTATION_RESAMPLES, alternative="two-sided", rng=seed)
     out["p"] = float(min(1.0, result.pvalue))

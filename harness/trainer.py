@@ -4,6 +4,9 @@ Examples are (prompt, completion) pairs; the loss covers the completion tokens o
 exactly as lm-eval scores a continuation, so training and evaluation see the same tokens.
 The learning rate follows a cosine over the *fraction of the budget spent*, which works for every
 budget kind (FLOPs, seconds, examples, steps) without knowing the step count in advance.
+Batches are length-grouped (`_Batches`) so compute goes to real tokens, not padding; FLOPs are counted live
+only until the step's count is known exactly as a·(rows·W) + b·(rows·W²) of the batch width W (FlopTally's
+`count_linear`, harness/flops.py), never by a second pass.
 """
 from __future__ import annotations
 
@@ -95,18 +98,36 @@ def _collate(batch: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
+GROUP_WINDOW = 32  # batches per length-sorted window: wide enough to pad little, narrow enough to stay random
+
+
 class _Batches:
-    """Seeded passes over the examples, reshuffled each epoch, as many as the budget allows."""
+    """Seeded passes over the examples, reshuffled each epoch, as many as the budget allows.
+
+    Batches are length-grouped so they pad little: each epoch's shuffled order is cut into windows of
+    GROUP_WINDOW batches, each window is sorted by length and cut into batches, and the full batches are
+    shuffled (the last, short one stays last, so a batch that spans two epochs is still one batch).
+    """
 
     def __init__(self, encoded: list, batch_size: int, seed: int) -> None:
         self.encoded, self.size, self.rng, self.order = encoded, min(batch_size, len(encoded)), random.Random(seed), []
+
+    def _epoch(self) -> list[int]:
+        order = list(range(len(self.encoded)))
+        self.rng.shuffle(order)
+        window, batches = self.size * GROUP_WINDOW, []
+        for at in range(0, len(order), window):
+            ranked = sorted(order[at: at + window], key=lambda i: len(self.encoded[i][0]))
+            batches += [ranked[j: j + self.size] for j in range(0, len(ranked), self.size)]
+        tail = [batches.pop()] if len(batches[-1]) < self.size else []
+        self.rng.shuffle(batches)
+        return [i for batch in batches + tail for i in batch]
 
     def next(self) -> list[tuple[list[int], int]]:
         batch = []
         while len(batch) < self.size:
             if not self.order:
-                self.order = list(range(len(self.encoded)))
-                self.rng.shuffle(self.order)
+                self.order = self._epoch()[::-1]  # popped from the end
             batch.append(self.encoded[self.order.pop()])
         return batch
 
@@ -162,6 +183,7 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
     if budget.budget.kind == "examples" and settings.max_steps is None:  # labels are not a stopping rule
         raise HarnessError(f"budget {budget.budget.name} counts labeled examples, not steps: set strategy.epochs "
                            f"or strategy.max_steps")
+    set_up = time.perf_counter()
     device = next(model.parameters()).device
     encoded = [encode_example(tokenizer, p, c, settings.max_length) for p, c in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -187,12 +209,14 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
         bar = tqdm(total=100, desc="train", unit="%", disable=not progress, leave=False, mininterval=1.0,
                    bar_format="{l_bar}{bar}| {n:.0f}/{total} % [{elapsed}<{remaining}{postfix}]")
         start = time.perf_counter()
+        set_up = start - set_up
+        saving = 0.0  # seconds spent writing trajectory checkpoints: not training, so off the budget's clock
         reason, bound = "", False
         while True:
             tensors = _collate(batch, pad_id)
             step_analytic = shape.lora_train_step(*tensors["input_ids"].shape)
             synchronize(device)
-            elapsed = time.perf_counter() - start
+            elapsed = time.perf_counter() - start - saving
             if settings.max_steps is not None and result.steps >= settings.max_steps:
                 reason, bound = f"reached strategy.max_steps={settings.max_steps}", False
                 break
@@ -204,14 +228,17 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
                 group["lr"] = settings.lr * _lr_factor(frac, settings.warmup_frac)
             tensors = {k: v.to(device) for k, v in tensors.items()}
             before = meter.tally.total
-            padded = bool((tensors["attention_mask"] == 0).any())
-            with meter.count(("lora_step", tuple(tensors["input_ids"].shape), padded)):
+            padded = bool((tensors["attention_mask"] == 0).any())  # the masked attention path is its own kind
+            rows, width = tensors["input_ids"].shape
+            # Matmuls count rows·W, attention rows·W²: once a few live counts fix the two coefficients exactly,
+            # the counter's total is derived, so length-grouped widths (rarely repeated) skip its per-op dispatch.
+            with meter.tally.count_linear(("lora_step", padded), (rows * width, rows * width * width)):
                 loss = peft_model(**tensors).loss
                 loss.backward()
+            step_measured = meter.tally.total - before
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            step_measured = meter.tally.total - before
             n_tokens = int(tensors["attention_mask"].sum())
             meter.add(flops_analytic=step_analytic, tokens=tensors["input_ids"].numel())
             result.steps += 1
@@ -219,7 +246,7 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
             result.tokens += n_tokens
             result.losses.append(float(loss.detach()))
             synchronize(device)
-            elapsed = time.perf_counter() - start
+            elapsed = time.perf_counter() - start - saving
             if result.steps == 1 and budget.budget.kind == "seconds" and elapsed > budget.budget.amount:
                 raise BudgetTooSmall(
                     f"budget {budget.budget.name} ({budget.budget.amount:g} s) is shorter than one training step "
@@ -227,18 +254,28 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
             budget.charge(step_measured, step_analytic, elapsed, result.steps)
             if _on_trajectory(result.steps, settings):
                 path = out_dir / "trajectory" / f"step_{result.steps:06d}"
+                saved_at = time.perf_counter()
                 peft_model.save_pretrained(path)
+                saving += time.perf_counter() - saved_at
                 result.trajectory.append(str(path))
             bar.n = round(100 * _progress(budget, settings, elapsed, result.steps), 1)
             bar.set_postfix(step=result.steps, loss=f"{result.losses[-1]:.3f}", refresh=False)
             bar.update(0)  # redraws at most every `mininterval` seconds
             batch = batches.next()
         bar.close()
+        synchronize(device)
+        loop = time.perf_counter() - start - saving
         if result.steps == 0:
             raise HarnessError("the budget ran out before the first training step finished: raise budget.amount")
         budget.stop(reason, bound)
+        saved_at = time.perf_counter()
         peft_model.save_pretrained(result.adapter_dir)
         (out_dir / "train_log.json").write_text(json.dumps({**asdict(result), "settings": asdict(settings)}, indent=1))
+        saving += time.perf_counter() - saved_at
+        # The phase's wall-clock is the training loop; tokenizing, adding the adapter and saving are their own figures.
+        meter.cost.wall_s -= set_up + saving  # PhaseMeter adds the whole span on exit
+        meter.cost.details.update(train_loop_s=round(loop, 4), adapter_setup_s=round(set_up, 4),
+                                  adapter_save_s=round(saving, 4))
     finally:
         peft_model.unload()  # the caller gets its base model back, without LoRA layers, even on error
         model.eval()

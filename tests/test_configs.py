@@ -32,6 +32,12 @@ def test_budgets_and_strategies_are_well_formed():
 def test_default_experiment_is_a_matched_sweep():
     cfg = compose("experiment=default")
     assert cfg.eval.limit == 200 and cfg.budget.kind == "flops"
-    assert cfg.hydra.sweeper.params.strategy == "base,icl,lora_fewshot,lora"
-    with_dnd = compose("experiment=default_dnd")
-    assert with_dnd.eval.limit == 200 and with_dnd.hydra.sweeper.params.strategy.endswith(",dnd_default")
+    import yaml
+
+    from harness.settings import CONFIG_DIR
+
+    sweeps = {name: yaml.safe_load((CONFIG_DIR / "experiment" / f"{name}.yaml").read_text())["hydra"]["sweeper"]
+              for name in ("default", "default_dnd")}
+    assert sweeps["default"]["params"]["strategy"] == "base,icl,lora_fewshot,lora"
+    assert sweeps["default_dnd"]["params"]["strategy"] == "base,icl,lora_fewshot,lora,dnd_default"
+    assert compose("experiment=default_dnd").eval.limit == 200

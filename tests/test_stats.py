@@ -62,6 +62,19 @@ def test_sign_flip_test_against_exact_enumeration_and_mcnemar():
     assert mc["test"] == "McNemar exact" and mc["p"] == pytest.approx(binomtest(1, 6, 0.5).pvalue)
 
 
+def test_sign_flip_test_with_one_or_two_nonzero_differences_by_hand():
+    # One nonzero difference: both sign patterns (+d, -d) reach |mean| = |d|, so p = 2/2 (scipy refuses n = 1).
+    one = stats.paired_test(np.array([0.0, 0.2, 0.5]), np.array([0.0, 0.2, 1.0]))
+    assert one["test"] == "sign-flip permutation" and one["other_only"] == 1 and one["p"] == 1.0
+    assert stats.paired_test(np.array([0.5, 0.2]), np.array([0.0, 0.2]))["p"] == 1.0  # the loss side too
+    # Two equal positive differences: of ++, +-, -+, -- only ++ and -- reach |mean| = 0.5, so two-sided p = 2/4.
+    two = stats.paired_test(np.array([0.5, 0.5, 0.3]), np.array([1.0, 1.0, 0.3]))
+    assert two["p"] == pytest.approx(0.5)
+    # Two unequal ones (0.5, 0.25): again only ++ and -- reach |sum| = 0.75, p = 2/4; three equal ones: 2/8.
+    assert stats.paired_test(np.array([0.5, 0.5]), np.array([1.0, 0.75]))["p"] == pytest.approx(0.5)
+    assert stats.paired_test(np.full(3, 0.5), np.ones(3))["p"] == pytest.approx(0.25)
+
+
 def test_holm_adjustment_by_hand():
     # sorted 0.01, 0.03, 0.04, 0.2 with m = 4: 4·0.01, 3·0.03, max(0.09, 2·0.04), max(0.09, 0.2)
     assert stats.holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])

@@ -30,7 +30,7 @@ def lora_yaml(**changes) -> LoraSettings:
 
 
 def _train(model, tmp_path, kind, amount, **settings):
-    budget = TrainingBudget(Budget("test", kind, amount, 10, "amortized"))
+    budget = TrainingBudget(Budget("test", kind, amount, 10, "amortized", "cached"))
     with PhaseMeter("train", "cpu") as meter:
         result = train_lora(model.model, model.tokenizer, EXAMPLES, budget,
                             lora_yaml(batch_size=4, **settings), tmp_path, meter, seed=0, progress=False)
@@ -88,7 +88,7 @@ def test_budget_smaller_than_one_step_fails_before_training(fresh_tiny, tmp_path
         _train(fresh_tiny, tmp_path, "flops", 1e6)
     assert not (tmp_path / "adapter").exists()
     with pytest.raises(BudgetTooSmall, match="after reserving"):  # what serving needs is not for training
-        budget = TrainingBudget(Budget("test", "flops", 2 * _step_flops(fresh_tiny), 10, "amortized"),
+        budget = TrainingBudget(Budget("test", "flops", 2 * _step_flops(fresh_tiny), 10, "amortized", "cached"),
                                 reserved=1.5 * _step_flops(fresh_tiny))
         with PhaseMeter("train", "cpu") as meter:
             train_lora(fresh_tiny.model, fresh_tiny.tokenizer, EXAMPLES, budget, lora_yaml(batch_size=4),
@@ -126,3 +126,99 @@ def test_completion_tokens_match_lm_eval_split(tiny):
     assert tiny.tokenizer.decode(ids[start:]) == " 4"
     ids, start = encode_example(tiny.tokenizer, "word " * 300 + "?", " end", 64)
     assert len(ids) == 64 and tiny.tokenizer.decode(ids[start:]) == " end"
+
+
+def _padding(batches) -> float:
+    """Share of a batch's positions that are padding, over all batches (each row is padded to its batch's longest)."""
+    positions = sum(len(b) * max(len(ids) for ids, _ in b) for b in batches)
+    return 1 - sum(len(ids) for b in batches for ids, _ in b) / positions
+
+
+def test_batches_are_length_grouped_random_and_cover_every_example_once_per_epoch():
+    import random
+
+    from harness.trainer import _Batches
+
+    lengths = random.Random(7).choices(range(5, 301), k=200)
+    encoded = [([i] + [0] * (n - 1), 0) for i, n in enumerate(lengths)]  # the first id names the example
+    draw = _Batches(encoded, 4, seed=0)
+    epoch = [draw.next() for _ in range(50)]
+    assert sorted(ids[0] for b in epoch for ids, _ in b) == list(range(200))  # one epoch: each example once
+    shuffled = [encoded[j: j + 4] for j in range(0, 200, 4)]  # what unsorted batches pad: ~40 % here
+    assert _padding(shuffled) > 0.3 and _padding(epoch) < 0.05
+    widths = [max(len(ids) for ids, _ in b) for b in epoch]
+    assert widths != sorted(widths) and widths != sorted(widths, reverse=True)  # batch order stays shuffled
+    again = _Batches(encoded, 4, seed=0)
+    assert [again.next() for _ in range(120)] == epoch + [draw.next() for _ in range(70)]  # deterministic per seed
+    other = _Batches(encoded, 4, seed=1)
+    assert [other.next() for _ in range(50)] != epoch
+
+
+def test_predicted_flops_follow_the_grouped_batches_on_varied_lengths(fresh_tiny, tmp_path):
+    from harness.trainer import predict_train_flops
+
+    examples = [(f"Question: {'why ' * (i * 7 % 23)}is {i} odd?\nAnswer:", " no" if i % 2 else " yes")
+                for i in range(40)]
+    settings = lora_yaml(batch_size=4)
+    budget = TrainingBudget(Budget("test", "steps", 12, 0, "excluded", "cached"))
+    with PhaseMeter("train", "cpu") as meter:
+        result = train_lora(fresh_tiny.model, fresh_tiny.tokenizer, examples, budget, settings, tmp_path, meter,
+                            seed=3, progress=False)
+    predicted = predict_train_flops(fresh_tiny.model, fresh_tiny.tokenizer, examples, settings, 12, seed=3)
+    assert result.steps == 12
+    assert predicted == meter.cost.flops_analytic  # the very batches the trainer drew
+    assert predicted == pytest.approx(meter.cost.flops_measured, rel=0.02)  # against FlopCounterMode
+    # length grouping: the positions trained on are mostly real tokens (random batches of these pad ~22 %)
+    assert result.tokens / meter.cost.tokens > 0.9
+
+
+def test_phase_wall_clock_is_the_training_loop_set_up_and_saving_are_their_own(fresh_tiny, tmp_path):
+    import time
+
+    outside = time.perf_counter()
+    result, _, cost = _train(fresh_tiny, tmp_path, "steps", 4, checkpoint_every=1, checkpoint_start=1)
+    outside = time.perf_counter() - outside
+    details = cost.details
+    assert len(result.trajectory) == 4 and details["adapter_save_s"] > 0 and details["adapter_setup_s"] > 0
+    assert cost.wall_s == pytest.approx(outside - details["adapter_setup_s"] - details["adapter_save_s"], abs=0.1)
+    assert details["train_loop_s"] <= cost.wall_s
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_step_flops_derived_by_the_linear_fit_equal_the_counters_own(fresh_tiny, padded):
+    """A LoRA step's FlopCounterMode total is exactly a·(rows·W) + b·(rows·W²), the features the trainer gives
+    `count_linear`: once learned, a derived step adds what the counter itself would have counted."""
+    from peft import LoraConfig, get_peft_model
+
+    from harness.flops import FlopTally, LinearCounts, flop_counter
+
+    model = get_peft_model(fresh_tiny.model, LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM",
+                                                        target_modules=list(lora_yaml().target_modules)))
+    model.train()
+
+    def step(rows: int, width: int) -> None:
+        x = torch.randint(0, 1000, (rows, width))
+        mask = torch.ones_like(x)
+        mask[0, width // 2:] = 0 if padded else 1
+        model(input_ids=x, attention_mask=mask, labels=x).loss.backward()
+
+    def live(rows: int, width: int) -> int:
+        with flop_counter() as counter:
+            step(rows, width)
+        return counter.get_total_flops()
+
+    try:
+        tally, kind = FlopTally(), ("lora_step", padded)
+        learned = (20, 33, 47, 61, 75, 89)[: 2 + LinearCounts.CONFIRM]  # two fix a and b, the rest confirm them
+        for width in learned:
+            with tally.count_linear(kind, (3 * width, 3 * width * width)):
+                step(3, width)
+        assert (tally.counted, tally.derived) == (len(learned), 0)
+        for rows, width in ((3, 90), (3, 128), (5, 70)):
+            before = tally.total
+            with tally.count_linear(kind, (rows * width, rows * width * width)):
+                step(rows, width)
+            assert tally.total - before == live(rows, width)
+        assert (tally.counted, tally.derived) == (len(learned), 3)
+    finally:
+        model.unload()

@@ -139,7 +139,8 @@ def collect_entry(task: TaskHandle, model, tokenizer, model_cfg: dict, settings:
         say(f"dnd collect: training the library LoRA of {task.name} ({settings.steps} steps, "
             f"last {settings.checkpoints} saved)")
         examples = [task.training_example(d) for d in task.sample_pool(None, settings.seed)]
-        budget = TrainingBudget(Budget(f"collect_{settings.steps}_steps", "steps", settings.steps, 0, "excluded"))
+        steps = Budget(f"collect_{settings.steps}_steps", "steps", settings.steps, 0, "excluded", "recompute")
+        budget = TrainingBudget(steps)  # no queries: neither one-off policy nor ICL pricing applies
         with PhaseMeter("collect", device) as meter:
             result = train_lora(model, tokenizer, examples, budget, settings.lora(), work, meter, seed=settings.seed,
                                 progress=progress)

@@ -17,7 +17,7 @@ from harness.errors import HarnessError, first_line
 from harness.codeeval import GRADES
 from harness.flops import ModelShape
 from harness.models import adapter_problem
-from harness.scoring import SCORERS, shared_context_loglikelihoods
+from harness.scoring import SCORERS, padding_within, shared_context_loglikelihoods
 from harness.tasks import TaskHandle, quiet_lm_eval
 
 
@@ -118,8 +118,7 @@ def generation_groups(lengths: list[int], slack: float = GENERATION_PADDING_SLAC
     groups: list[list[int]] = []
     for r in order:
         group = groups[-1] if groups else None
-        real = sum(lengths[g] for g in group) + lengths[r] if group else 0
-        if group and lengths[group[0]] * (len(group) + 1) <= (1 + slack) * real:
+        if group and padding_within([lengths[g] for g in group] + [lengths[r]], slack):
             group.append(r)
         else:
             groups.append([r])

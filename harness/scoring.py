@@ -76,6 +76,12 @@ class MemoryModel:
         return held + self._pass(rows, width, context_width + width, width)
 
 
+def padding_within(widths: list[int], slack: float) -> bool:
+    """Widths sorted longest first: padding them all to the first keeps the positions within (1 + slack) x
+    the real ones. The one rule for scoring's batches and generation's groups (harness/evaluate.py)."""
+    return widths[0] * len(widths) <= (1 + slack) * sum(widths)
+
+
 def plan_batches(lengths: list[int], prefix: int, conts: list[list[int]], size: int, memory: MemoryModel,
                  cap: int) -> list[tuple[list[int], list[list[int]]]]:
     """Context batches (indices into `lengths`, longest first) and, per batch, its continuation passes
@@ -87,9 +93,6 @@ def plan_batches(lengths: list[int], prefix: int, conts: list[list[int]], size: 
     way. A single context or continuation always goes (nothing smaller exists), however large.
     """
 
-    def padded_ok(widths: list[int]) -> bool:  # longest first: the first is the padded width
-        return widths[0] * len(widths) <= (1 + PADDING_SLACK) * sum(widths)
-
     order = sorted(range(len(lengths)), key=lambda c: -lengths[c])
     plans = []
     at = 0
@@ -97,7 +100,7 @@ def plan_batches(lengths: list[int], prefix: int, conts: list[list[int]], size: 
         batch = [order[at]]
         while at + len(batch) < len(order) and len(batch) < size:
             trial = batch + [order[at + len(batch)]]
-            if not padded_ok([lengths[c] - 1 - prefix for c in trial]):
+            if not padding_within([lengths[c] - 1 - prefix for c in trial], PADDING_SLACK):
                 break
             width = max(lengths[c] for c in trial) - 1 - prefix
             widest = max(n for c in trial for n in conts[c])
@@ -114,7 +117,7 @@ def plan_batches(lengths: list[int], prefix: int, conts: list[list[int]], size: 
         while first < len(flat):
             rows = 1
             while (first + rows < len(flat) and rows < size
-                   and padded_ok([n for n, _, _ in flat[first:first + rows + 1]])
+                   and padding_within([n for n, _, _ in flat[first:first + rows + 1]], PADDING_SLACK)
                    and memory.continuation_pass(len(batch), context_width, rows + 1, flat[first][0]) <= cap):
                 rows += 1
             passes.append([(c, j) for _, c, j in flat[first:first + rows]])
@@ -250,11 +253,13 @@ def _score_rows(lm, batch, keys, values, rows, requests, results) -> None:
     cached = max(len(batch[b]) for b, _ in rows) - 1
     width = max(len(requests[i][2]) for _, i in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
+    targets = torch.zeros(len(rows), width, dtype=torch.long)
     mask = torch.zeros(len(rows), cached + width, dtype=torch.long)
     positions = torch.zeros(len(rows), width, dtype=torch.long)
     for r, (b, i) in enumerate(rows):
         context, continuation = batch[b], requests[i][2]
         ids[r, :len(continuation)] = torch.tensor([context[-1]] + continuation[:-1])
+        targets[r, :len(continuation)] = torch.tensor(continuation)
         mask[r, :len(context) - 1] = 1
         mask[r, cached:cached + len(continuation)] = 1
         positions[r] = torch.arange(len(context) - 1, len(context) - 1 + width)
@@ -269,9 +274,12 @@ def _score_rows(lm, batch, keys, values, rows, requests, results) -> None:
     del cache, layers
     logprobs = F.log_softmax(logits, dim=-1, dtype=lm.softmax_dtype)
     del logits
-    for r, (_, i) in enumerate(rows):
-        continuation = requests[i][2]
-        scored = logprobs[r, :len(continuation)]
-        target = torch.tensor(continuation, device=scored.device)
-        greedy = bool((scored.argmax(dim=-1) == target).all())
-        results[i] = (float(scored.gather(1, target.unsqueeze(-1)).sum()), greedy)
+    # every row at once, one transfer to the host: the continuation's log-probs summed over its own positions,
+    # and whether each of them is the argmax
+    targets = targets.to(logprobs.device)
+    real = (mask[:, cached:] == 1).to(logprobs.device)
+    picked = logprobs.gather(2, targets.unsqueeze(-1)).squeeze(-1)
+    sums = torch.where(real, picked, torch.zeros_like(picked)).sum(dim=1)
+    greedy = ((logprobs.argmax(dim=-1) == targets) | ~real).all(dim=1)
+    for (_, i), total, top in zip(rows, sums.tolist(), greedy.tolist(), strict=True):
+        results[i] = (total, top)

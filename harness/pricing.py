@@ -6,8 +6,9 @@ renders sample queries exactly as lm-eval will (the same context, the chat templ
 one request per choice) and splits them into the forward passes the engine's scorer makes:
 - `lm_eval` (lm-eval's HF path): one pass per request over context + continuation[:-1] (requests whose
   context + continuation[:-1] coincide share one pass);
-- `shared_context` (harness/scoring.py): one pass per distinct context over context[:-1], and one per
-  request over its continuation against the context's cache. With `cached=True` the prefix (ICL's
+- `shared_context` (harness/scoring.py): one packed row per distinct context: the context, then every
+  continuation but its last token; the head sees only the positions whose logits are read (the context's
+  last token and the continuations' fed tokens). With `cached=True` the prefix (ICL's
   demonstrations) is read from a cache computed once per evaluation (`prefix_pass`), so a query pays
   only its own tokens' attention over the prefix; `cached=False` prices the prefix re-encoded with every
   query, the price papers quote. Generation does not cache the prefix: both prices agree there.
@@ -108,19 +109,16 @@ class QueryPricer:
                 passes[key] = max(passes.get(key, 0), ctx + cont - 1)
             return [(max(1, n), 0, None) for n in passes.values()]
         shared = self.prefix_tokens(prefix) if cached else 0
-        contexts: dict[str, int] = {}
-        out = []
+        contexts: dict[str, list[int]] = {}  # context -> [its tokens, continuation tokens fed]
         for req in requests:
             context, continuation = req.arguments[0], req.arguments[1]
             ctx, cont = self._pair(context, continuation)
-            if ctx < 2:  # left to lm-eval's own path
-                out.append((ctx + cont - 1, 0, None))
-                continue
-            contexts[context] = ctx
-            out.append((cont, ctx - 1, None))  # [context[-1]] + continuation[:-1] over the context's cache
-        for ctx in contexts.values():  # context[:-1], its shared prefix (at most ctx - 2 tokens) read from the cache
-            p = min(shared, ctx - 2)
-            out.append((ctx - 1 - p, p, 1))
+            entry = contexts.setdefault(context, [max(ctx, 1), 0])
+            entry[1] += cont - 1
+        out = []
+        for ctx, fed in contexts.values():  # one packed row: context (its prefix read from the cache) + choices
+            p = min(shared, ctx - 1)
+            out.append((ctx - p + fed, p, 1 + fed))
         return out
 
     def _doc_flops(self, doc: dict, prefix: str | None, shape: ModelShape, gen_tokens: float,
@@ -131,10 +129,8 @@ class QueryPricer:
         return sum(shape.forward_cached(1, new, old, logits) for new, old, logits in passes)
 
     def passes(self) -> float:
-        """Mean forward passes per query that carry the context (prefills, for generation)."""
-        if self.scorer == "shared_context" and not self.task.generative:
-            return sum(sum(1 for *_, logits in self._passes(d, None) if logits == 1) for d in self.docs) / max(
-                1, len(self.docs))
+        """Mean forward passes (packed rows, for the shared-context scorer; prefills, for generation) per query
+        that carry the context."""
         return sum(len(self._passes(d, None)) for d in self.docs) / max(1, len(self.docs))
 
     def longest(self, prefix: str | None = None) -> int:

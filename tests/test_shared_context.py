@@ -101,6 +101,19 @@ def test_a_lora_adapter_attached_scores_as_lm_eval_does(tiny, fresh_tiny, tmp_pa
     assert max(abs(a - r[0][0]) for a, r in zip(lls, (r for s in base.samples for r in s["resps"]))) > 1e-2
 
 
+def test_eager_attention_takes_the_additive_mask(fresh_tiny):
+    """Eager attention adds the mask to the scores: the packed rows' mask goes in as 0 / dtype-minimum there."""
+    from harness.strategy import Adaptation
+    from harness.tasks import TaskHandle
+
+    fresh_tiny.model.set_attn_implementation("eager")
+    assert fresh_tiny.model.config._attn_implementation == "eager"
+    task = TaskHandle.from_cfg(compose("task=hellaswag").task)
+    ours, _, _ = _assert_same_scores(fresh_tiny.model, fresh_tiny.tokenizer, task, Adaptation(kind="none"),
+                                     task.eval_indices(5, 2))
+    assert "scorer_fallback" not in ours.cost.details and ours.cost.details["scoring_rows"] == 5
+
+
 def _lm(model, tokenizer, scorer, batch_size=3):
     from harness.costs import PhaseMeter
     from harness.evaluate import metered_lm_class
@@ -229,32 +242,41 @@ def test_icl_prices_cached_and_recomputed_agree_with_what_each_path_measures(tin
     assert prices["cached"] < 0.2 * prices["recompute"]
 
 
-def test_plan_batches_covers_every_request_once_within_the_cap(tiny):
+def test_plan_batches_covers_every_row_once_within_the_cap(tiny):
     from harness.scoring import MemoryModel, plan_batches
 
     memory = MemoryModel(tiny.model)
-    lengths = [50, 400, 30, 400, 120, 90, 31, 700]
-    conts = [[3, 5], [10, 1, 2, 2], [4], [7, 7], [1, 1, 1, 1, 1], [20, 2], [3], [2, 9]]
-    unlimited = plan_batches(lengths, 20, conts, 3, memory, cap=10**15)
-    # longest first; encoded widths (length - 1 - prefix) 679, 379, 379, 99, 69, 29, 10, 9: a context joins a
-    # batch while width_max x count <= 1.2 x the widths' sum (679+379: 1358 > 1270; 379x3 = 1137 > 1028; ...)
-    assert [batch for batch, _ in unlimited] == [[7], [1, 3], [4, 5], [0], [6, 2]]
-    # continuations likewise: batch [1, 3] has 10, 7, 7, 2, 2, 1 -> [10, 7] (20 <= 20.4), [7] (7, 2: 14 > 10.8),
-    # [2, 2, 1]
-    assert [[len(rows) for rows in passes] for _, passes in unlimited] == [[1, 1], [2, 1, 3], [1, 1, 3, 2], [1, 1], [2]]
+    widths = [50, 400, 30, 400, 120, 90, 31, 700]
+    logits = [3, 10, 4, 7, 5, 20, 3, 9]
+    unlimited = plan_batches(widths, logits, 20, 3, memory, cap=10**15)
+    # longest first (700, 400, 400, 120, 90, 50, 31, 30); a row joins a pass while width_max x count <= 1.2 x
+    # the widths' sum: 700+400: 1400 > 1320; 400x3 = 1200 > 1104; 120x2 = 240 <= 252, x3 = 360 > 312; 50x2 = 100
+    # > 97.2; 31x2 = 62 <= 73.2
+    assert unlimited == [[7], [1, 3], [4, 5], [0], [6, 2]]
     for cap in (10**15, 5 * 2**20, 1):
-        plans = plan_batches(lengths, 20, conts, 3, memory, cap)
-        seen = sorted((c, j) for batch, passes in plans for rows in passes for c, j in rows)
-        assert seen == sorted((c, j) for c in range(len(conts)) for j in range(len(conts[c])))
-        assert sorted(c for batch, _ in plans for c in batch) == list(range(len(lengths)))
-        for batch, passes in plans:
-            width = max(lengths[c] for c in batch) - 1
-            for rows in passes:
-                assert len(rows) <= 3 and all(c in batch for c, _ in rows)
-                if len(rows) > 1:  # a single row always goes, however large
-                    widest = max(conts[c][j] for c, j in rows)
-                    assert memory.continuation_pass(len(batch), width, len(rows), widest) <= cap
-    assert len(plan_batches(lengths, 20, conts, 3, memory, cap=1)) == len(lengths)  # nothing fits: one by one
+        plans = plan_batches(widths, logits, 20, 3, memory, cap)
+        assert sorted(r for batch in plans for r in batch) == list(range(len(widths)))
+        for batch in plans:
+            assert len(batch) <= 3
+            if len(batch) > 1:  # a single row always goes, however large
+                assert memory.packed_pass(len(batch), max(widths[r] for r in batch), 20,
+                                          sum(logits[r] for r in batch)) <= cap
+    assert len(plan_batches(widths, logits, 20, 3, memory, cap=1)) == len(widths)  # nothing fits: one by one
+    # one byte less than the pass [4, 5] needs: it splits, the smaller pass [6, 2] still fits
+    capped = plan_batches(widths, logits, 20, 3, memory, cap=memory.packed_pass(2, 120, 20, 25) - 1)
+    assert capped == [[7], [1], [3], [4], [5], [0], [6, 2]]
+
+
+def test_an_item_too_large_for_the_cap_is_split_into_rows(tiny):
+    from harness.scoring import MemoryModel, split_rows
+
+    memory = MemoryModel(tiny.model)
+    conts = [150, 150, 150, 150]
+    assert split_rows(20, conts, 600, memory, cap=10**15) == [[0, 1, 2, 3]]
+    # room for the context and two continuations' fed tokens (2 x 149), not three
+    cap = memory.packed_pass(1, 20 + 2 * 149, 600, 1 + 2 * 149)
+    assert split_rows(20, conts, 600, memory, cap) == [[0, 1], [2, 3]]
+    assert split_rows(20, conts, 600, memory, cap=1) == [[0], [1], [2], [3]]
 
 
 def test_scoring_stays_under_its_memory_cap(tmp_path):
@@ -272,7 +294,7 @@ def test_scoring_stays_under_its_memory_cap(tmp_path):
         from harness.evaluate import metered_lm_class
         from harness.flops import ModelShape
         from harness.models import load_model
-        from harness.scoring import MemoryModel, plan_batches
+        from harness.scoring import MemoryModel, plan_batches, split_rows
         import psutil
 
         torch.set_num_threads(1)
@@ -295,9 +317,11 @@ def test_scoring_stays_under_its_memory_cap(tmp_path):
         lm._loglikelihood_tokens(requests)
         with open("/proc/self/status") as f:
             peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-        lengths = [len(prefix) + 20] * 12
-        plans = plan_batches(lengths, len(prefix) - 1, [[150] * 4] * 12, 16, MemoryModel(loaded.model), cap)
-        print(json.dumps({"used": peak - start, "passes": sum(len(p) for _, p in plans)}))
+        memory = MemoryModel(loaded.model)
+        rows = split_rows(20, [150] * 4, len(prefix), memory, cap) * 12
+        widths = [20 + sum(149 for _ in row) for row in rows]
+        plans = plan_batches(widths, [w - 19 for w in widths], len(prefix), 16, memory, cap)
+        print(json.dumps({"used": peak - start, "passes": len(plans)}))
     """)
     env_run = lambda cap: json.loads(subprocess.run(  # noqa: E731
         [sys.executable, "-c", script, str(cap)], capture_output=True, text=True, check=True,
@@ -324,7 +348,7 @@ def test_derived_counts_equal_the_counters_own(tiny):
             requests.append(((None, None), context, cont))
     totals = {}
     for live in (False, True):
-        lm = _lm(model, tok, "shared_context", batch_size=4)
+        lm = _lm(model, tok, "shared_context", batch_size=2)  # 20 or more passes
         lm._meter = PhaseMeter("inference", "cpu")
         if live:  # a tally that never trusts a fit: every pass counted by FlopCounterMode
             lm._meter.tally.linear.derive = lambda kind, features: None

@@ -93,7 +93,7 @@ def metered_lm_class():
         def _generate_metered(self, context, max_length, stop, **generation_kwargs):
             batch, prompt = context.shape
             with _DecodeCounter(self.model, self._meter, self._shape) if self._count else contextlib.nullcontext():
-                out = super()._model_generate(context, max_length, stop, **generation_kwargs)
+                out = self._generate_call(context, max_length, stop, **generation_kwargs)
             new = out.shape[1] - prompt
             self._meter.add(flops_analytic=self._shape.generate(batch, prompt, new),
                             tokens=batch * (prompt + max(new - 1, 0)))
@@ -103,7 +103,54 @@ def metered_lm_class():
             details["generate_calls"] = details.get("generate_calls", 0) + 1
             return out
 
+        def _generate_call(self, context, max_length, stop, **generation_kwargs):
+            """lm-eval's `generate` call (greedy unless a temperature is given, as lm-eval decides), with the stop
+            check of `stop_strings_criterion` instead of lm-eval's (which decodes every row's last tokens on the
+            host at every step, once per stop string, and ends the batch only when one string has stopped
+            every row). Each row now finishes on its own when any stop string appears in its output; lm-eval
+            cuts every output at the first stop string, so the texts are the same and fewer tokens are
+            generated."""
+            import transformers
+
+            kwargs = dict(generation_kwargs)
+            temperature = kwargs.setdefault("temperature", 0.0)
+            if temperature == 0.0 and kwargs.get("do_sample") is None:
+                kwargs["do_sample"] = False
+            if kwargs.get("do_sample") is False and temperature == 0.0:
+                kwargs.pop("temperature")
+            criteria = transformers.StoppingCriteriaList(
+                [stop_strings_criterion(self.tokenizer, stop, context.shape[1])] if stop else [])
+            with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                enabled=self.mixed_precision_dtype is not None):
+                return self.model.generate(input_ids=context, max_length=max_length, stopping_criteria=criteria,
+                                           pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **kwargs)
+
     return MeteredHFLM
+
+
+_STOP_TABLES: dict = {}  # (id(tokenizer), stop strings) -> (tokenizer, its StopStringCriteria): ~1 s to build
+
+
+def stop_strings_criterion(tokenizer, stops: list[str], prompt_width: int):
+    """A `generate` stopping criterion, per row: has any of `stops` appeared in the tokens generated after the
+    first `prompt_width` positions? transformers' StopStringCriteria matches on the device against a table
+    of which tokens can end or continue each string (built once per tokenizer and strings, and kept), so no
+    token is copied to the host or decoded; applied to the generated tokens only, a string that straddles the
+    prompt's end does not count, as in lm-eval's check."""
+    from transformers import StoppingCriteria, StopStringCriteria
+
+    key = (id(tokenizer), tuple(stops))
+    if key not in _STOP_TABLES:  # the tokenizer is kept with its table, so its id cannot be reused meanwhile
+        if len(_STOP_TABLES) >= 16:
+            _STOP_TABLES.pop(next(iter(_STOP_TABLES)))
+        _STOP_TABLES[key] = (tokenizer, StopStringCriteria(tokenizer, list(stops)))
+    inner = _STOP_TABLES[key][1]
+
+    class GeneratedStopStrings(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return inner(input_ids[:, prompt_width:], scores)
+
+    return GeneratedStopStrings()
 
 
 GENERATION_PADDING_SLACK = 1.0  # a generation batch is split where its padded prompt positions would exceed 2x the real

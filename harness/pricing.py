@@ -135,8 +135,12 @@ class QueryPricer:
 
     def longest(self, prefix: str | None = None) -> int:
         """The longest input among the sample queries: context + continuation, or prompt + max_gen_toks."""
-        extra = max_gen_toks(self.task) if self.task.generative else 1
-        return max((new + old + extra for d in self.docs for new, old, _ in self._passes(d, prefix)), default=0)
+        if self.task.generative:
+            extra = max_gen_toks(self.task)
+            return max((new + extra for d in self.docs for new, _, _ in self._passes(d, prefix)), default=0)
+        # positions, not pass widths: a packed row holds several choices, each at positions context ... context + n
+        return max((sum(self._pair(r.arguments[0], r.arguments[1])) for d in self.docs
+                    for r in self._requests(d, prefix)), default=0)
 
     def flops(self, prefix: str | None = None, lora_params: int = 0, gen_tokens: float | None = None,
               docs: list[dict] | None = None, cached: bool = False) -> float:

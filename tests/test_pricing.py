@@ -117,3 +117,21 @@ def test_a_measured_base_length_prices_generation_and_a_longer_output_overspends
     assert after["queries"] == pytest.approx(100 * pricer.extra(adaptation.prefix, gen_tokens=MAX_NEW, docs=docs))
     assert after["queries"] > use.parts["queries"] and use.overspent == pytest.approx(after["spent"] - budget.amount)
     assert use.overspent > 0
+
+
+@needs_data
+def test_longest_input_counts_positions_not_packed_rows(tiny):
+    """The ICL strategy refuses prompts beyond the context window by `longest`: it must be the longest
+    context + continuation (the positions a choice reaches), not the width of the shared-context scorer's
+    packed row, which holds every choice of an item."""
+    from harness.evaluate import render_requests
+    from harness.pricing import QueryPricer
+    from harness.tasks import TaskHandle
+
+    task = TaskHandle.from_cfg(compose("task=arc_challenge").task)
+    pricer = QueryPricer(task, tiny.tokenizer, ModelShape.of(tiny.model), n_docs=8, scorer="shared_context")
+    prefix = "Question: Which is a gas?\nAnswer: steam\n\n"
+    want = max(len(tiny.tokenizer(r.arguments[0] + r.arguments[1], add_special_tokens=False)["input_ids"])
+               for d in pricer.docs for r in render_requests(task, d, prefix))
+    assert pricer.longest(prefix) == want
+    assert max(new + old for d in pricer.docs for new, old, _ in pricer._passes(d, prefix)) > want

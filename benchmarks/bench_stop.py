@@ -10,6 +10,7 @@ Two tables:
    ours reports the tokens it generated.
 
     HARNESS_DATA_DIR=../shared/data python benchmarks/bench_stop.py [--items 8] [--repeats 3] [--threads 1]
+        [--stops 'Question:|\n\n|.'] [--skip-check]
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def check_alone(tok, batch: int, generated: int, calls: int) -> None:
         print(f"| {name} | {(time.perf_counter() - start) / calls * 1e6:.0f} |", flush=True)
 
 
-def end_to_end(loaded, items: int, batch: int, repeats: int) -> None:
+def end_to_end(loaded, items: int, batch: int, repeats: int, stops: list[str]) -> None:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -66,7 +67,7 @@ def end_to_end(loaded, items: int, batch: int, repeats: int) -> None:
     from harness.flops import ModelShape
 
     model, tok = loaded.model, loaded.tokenizer
-    kwargs = {"until": STOPS, "max_gen_toks": 256, "do_sample": False}
+    kwargs = {"until": stops, "max_gen_toks": 256, "do_sample": False}
 
     def requests():
         return [Instance(request_type="generate_until", doc={}, arguments=(c, dict(kwargs)), idx=i)
@@ -93,8 +94,8 @@ def end_to_end(loaded, items: int, batch: int, repeats: int) -> None:
             times[name].append(time.perf_counter() - start)
     same = "identical" if out["ours"][0] == out["lm-eval"][0] else "DIFFER"
     rate = {a: items / statistics.median(t) for a, t in times.items()}
-    print(f"\nGSM8K end to end: {items} prompts, batch {batch}, max_gen_toks 256, greedy, {repeats} repeats "
-          f"interleaved (median)\n")
+    print(f"\nGSM8K end to end: {items} prompts, batch {batch}, max_gen_toks 256, greedy, stop strings {stops!r}, "
+          f"{repeats} repeats interleaved (median)\n")
     print("| path | items/s | vs lm-eval | tokens generated (ours: counted; texts) |")
     print("|---|---|---|---|")
     print(f"| lm-eval `HFLM.generate_until` | {rate['lm-eval']:.3f} | 1.00x | — |")
@@ -109,6 +110,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--stops", default=None, help="'|'-separated stop strings for the end-to-end case "
+                        "(default: GSM8K's own); escapes like \\n are read")
+    parser.add_argument("--skip-check", action="store_true", help="only the end-to-end case")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -118,9 +122,11 @@ def main() -> None:
 
     quiet_lm_eval()
     loaded = load_model(compose_config(["model=smollm2-135m"]).model, torch.device("cpu"), torch.float32)
-    for batch in (8, 64):
-        check_alone(loaded.tokenizer, batch, 128, args.calls)
-    end_to_end(loaded, args.items, args.batch_size, args.repeats)
+    if not args.skip_check:
+        for batch in (8, 64):
+            check_alone(loaded.tokenizer, batch, 128, args.calls)
+    stops = STOPS if args.stops is None else [x.encode().decode("unicode_escape") for x in args.stops.split("|")]
+    end_to_end(loaded, args.items, args.batch_size, args.repeats, stops)
     print("\nreproduce: HARNESS_DATA_DIR=../shared/data python benchmarks/bench_stop.py " + " ".join(sys.argv[1:]))
 
 

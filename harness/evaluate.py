@@ -51,7 +51,7 @@ def metered_lm_class():
                 return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
             return shared_context_loglikelihoods(
                 self, requests, lambda rest: super(MeteredHFLM, self)._loglikelihood_tokens(rest, disable_tqdm=True),
-                cache_prefix=self._cache_prefix, memory_bytes=self._memory_bytes)
+                cache_prefix=self._cache_prefix, memory_bytes=self._memory_bytes, progress=not disable_tqdm)
 
         def _model_call(self, inps, attn_mask=None, labels=None):
             batch, seq = inps.shape

@@ -124,13 +124,15 @@ def plan_batches(widths: list[int], logits: list[int], prefix: int, size: int, m
 
 
 def shared_context_loglikelihoods(lm, requests: list, fallback, cache_prefix: bool = False,
-                                  memory_bytes: int | None = None) -> list[tuple[float, bool]]:
+                                  memory_bytes: int | None = None, progress: bool = True) -> list[tuple[float, bool]]:
     """Score lm-eval `requests` ((strings), context_tokens, continuation_tokens) on `lm` (a MeteredHFLM).
 
     `fallback(requests)` is lm-eval's own `_loglikelihood_tokens`, for the requests this path leaves to it.
     `cache_prefix`: encode the token prefix shared by every context once. `memory_bytes`: the cap the
-    batches are planned under (None: what `available_memory` finds now).
+    batches are planned under (None: what `available_memory` finds now). `progress`: a bar over the requests.
     """
+    from tqdm import tqdm
+
     results: list = [None] * len(requests)
     groups: dict[tuple, list[int]] = {}
     leftover = []
@@ -161,8 +163,10 @@ def shared_context_loglikelihoods(lm, requests: list, fallback, cache_prefix: bo
     extra = [sum(len(requests[i][2]) - 1 for i in members) for _, members in rows]
     widths = [len(context) - prefix + e for (context, _), e in zip(rows, extra, strict=True)]
     plans = plan_batches(widths, [1 + e for e in extra], prefix, int(lm.batch_size), memory, cap)
-    for batch in plans:
-        _score_packed(lm, [rows[r] for r in batch], prefix, prefix_cache, requests, results)
+    with tqdm(total=len(requests) - len(leftover), desc="Scoring (shared context)", disable=not progress) as bar:
+        for batch in plans:
+            _score_packed(lm, [rows[r] for r in batch], prefix, prefix_cache, requests, results)
+            bar.update(sum(len(rows[r][1]) for r in batch))
     details["scoring_batches"] = details.get("scoring_batches", 0) + len(plans)
     details["scoring_rows"] = details.get("scoring_rows", 0) + len(rows)
     details["memory_cap_bytes"] = cap

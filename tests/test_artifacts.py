@@ -164,7 +164,7 @@ from pathlib import Path
 
 import torch
 
-from baselines.dnd.config import DnDSettings
+from baselines.dnd.config import DnDSettings, get_preset
 from baselines.dnd.library import collect_entry, task_handle
 from harness.cli import compose_config
 from harness.models import load_model
@@ -172,7 +172,7 @@ from harness.strategy_settings import settings_from
 
 cfg = compose_config(["model=tiny-random", "strategy=dnd", "strategy.collect.steps=3",
                       "strategy.collect.checkpoints=2"])
-settings = settings_from(DnDSettings, cfg.strategy).collect
+settings = settings_from(DnDSettings, cfg.strategy).collect.for_preset(get_preset("tiny-random"))
 loaded = load_model(cfg.model, torch.device("cpu"), torch.float32)
 messages = []
 entry, reused = collect_entry(task_handle("openbookqa"), loaded.model, loaded.tokenizer, dict(cfg.model), settings,

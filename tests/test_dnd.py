@@ -111,7 +111,8 @@ def test_one_off_costs_are_predicted_before_they_are_spent(runs, first, tiny):
     settings = settings_from(DnDSettings, compose(*SMALL, "strategy=dnd").strategy)  # the cell's: 4 steps, 3 kept
     assert (settings.collect.steps, settings.collect.batch_size, settings.meta_train.steps) == (4, 4, 40)
     for name in ("arc_challenge", "openbookqa"):
-        predicted = predict_collect_flops(task_handle(name), tiny.model, tiny.tokenizer, settings.collect)
+        predicted = predict_collect_flops(task_handle(name), tiny.model, tiny.tokenizer,
+                                          settings.collect.for_preset(get_preset("tiny-random")))
         assert predicted == pytest.approx(measured[name], rel=0.02)  # against FlopCounterMode on the real steps
     meta = next(c for c in record["costs"] if c["phase"] == "meta_train")
     predicted = predict_meta_train_flops(get_preset("tiny-random"), load_encoder("all-MiniLM-L6-v2"), [16, 16],

@@ -271,3 +271,68 @@ def test_check_fits_names_preset_and_model():
 def test_unknown_preset_lists_known():
     with pytest.raises(HarnessError, match="qwen2.5-0.5b"):
         get_preset("qwen2.5-3b")
+
+
+# The published configs of the paper's base models (config.json of Qwen/Qwen2.5-*-Instruct on the Hub).
+QWEN_CONFIGS = {
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}
+
+
+def _meta_qwen(name):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    with torch.device("meta"):
+        return Qwen2ForCausalLM(Qwen2Config(**QWEN_CONFIGS[name]))
+
+
+@pytest.mark.parametrize("model,rank,alpha,fitting", [
+    ("qwen2.5-0.5b", 8, 16, ["qwen2.5-0.5b"]),
+    ("qwen2.5-1.5b", 16, 32, ["qwen2.5-1.5b", "qwen2.5-1.5b-code"]),
+    ("qwen2.5-7b", 16, 32, ["qwen2.5-7b"]),
+])
+def test_model_and_dnd_validate_with_the_models_preset(model, rank, alpha, fitting):
+    """`model=qwen2.5-1.5b strategy=dnd` (and 7B) used to fail: the library LoRAs were rank 8 for every preset,
+    the paper's 1.5B/7B generators emit rank 16. The collect rank is now the preset's (alpha 2 x rank, as the
+    paper's r8/a16 and r16/a32), and the preset fits the real model's shapes, built on the meta device."""
+    from baselines.dnd.config import DnDSettings, presets_fitting
+    from conftest import compose
+    from harness.strategy_settings import settings_from
+
+    cfg = compose(f"model={model}", "strategy=dnd")
+    preset = get_preset(cfg.model.dnd_preset)
+    collect = settings_from(DnDSettings, cfg.strategy).collect.for_preset(preset)
+    assert (collect.rank, collect.alpha) == (rank, alpha) == (preset.rank, 2 * preset.rank)
+    qwen = _meta_qwen(model)
+    assert preset.fits(qwen) and presets_fitting(qwen) == fitting
+    tok = LoraTokenizer(shapes_of_model(qwen, collect.rank), collect.rank, preset.width)
+    preset.check_fits(tok.n_tokens, tok.rank, tok.width, model)  # no error
+
+
+def test_a_mismatched_preset_names_the_presets_that_fit():
+    from baselines.dnd.config import presets_fitting
+
+    qwen = _meta_qwen("qwen2.5-1.5b")
+    tok = LoraTokenizer(shapes_of_model(qwen, 8), 8, 128)  # what a rank-8 preset would ask of this model
+    with pytest.raises(HarnessError) as err:
+        get_preset("qwen2.5-0.5b").check_fits(tok.n_tokens, tok.rank, tok.width, "Qwen2.5-1.5B",
+                                              fitting=presets_fitting(qwen))
+    assert str(err.value).endswith("set strategy.preset to qwen2.5-1.5b or qwen2.5-1.5b-code")
+    with pytest.raises(HarnessError, match="no preset fits this model"):
+        get_preset("qwen2.5-0.5b").check_fits(1, 8, 128, "a model no preset fits", fitting=[])
+
+
+def test_an_explicit_collect_rank_that_differs_from_the_preset_is_refused():
+    from baselines.dnd.config import DnDSettings
+    from conftest import compose
+    from harness.strategy_settings import settings_from
+
+    collect = settings_from(DnDSettings, compose("strategy=dnd", "strategy.collect.rank=8").strategy).collect
+    assert collect.for_preset(get_preset("smollm2-small")).rank == 8
+    with pytest.raises(HarnessError, match=r"collect\.rank=8, but generator preset qwen2\.5-7b emits rank 16"):
+        collect.for_preset(get_preset("qwen2.5-7b"))

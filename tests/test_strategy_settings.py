@@ -63,13 +63,17 @@ def test_the_values_that_run_are_the_yamls():
     assert s.meta_train.lr == 1e-3 == float(raw["meta_train"]["lr"])  # the dataclass used to say 3e-5
     assert s.collect.steps == small["collect"]["steps"] == 30 and s.collect.checkpoints == 8  # it said 60 and 16
     assert s.meta_train.steps == 150 and s.bank == 128 and s.library == ["arc_challenge", "openbookqa"]
-    assert s.collect.lr == 1e-4 and s.collect.alpha == 16 and isinstance(s.collect.alpha, int)  # kept as written
+    assert s.collect.lr == 1e-4 and s.collect.rank is None and s.collect.alpha is None  # the preset's, resolved:
+    from baselines.dnd.config import get_preset
+
+    resolved = s.collect.for_preset(get_preset(s.preset))
+    assert (resolved.rank, resolved.alpha) == (8, 16)  # smollm2-tiny emits rank 8; alpha 2 x rank as the paper
     assert s.preset == "smollm2-tiny" and s.encoder == raw["encoder"] and s.meta_train.seed == 999
     lora = settings_from(_types()[0]["lora"], compose("strategy=lora_fewshot").strategy)
     assert lora.shots == 16 and lora.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                          "up_proj", "down_proj")
     assert lora.lr == 1e-4 and lora.warmup_frac == 0.03 and lora.max_steps is None and lora.epochs is None
-    collect = s.collect.lora()  # the library LoRAs train with lora.yaml's projections, alpha and warm-up
+    collect = resolved.lora()  # the library LoRAs train with lora.yaml's projections, alpha and warm-up
     assert (collect.target_modules, collect.alpha, collect.warmup_frac) == (lora.target_modules, lora.alpha, 0.03)
     assert (collect.checkpoint_every, collect.checkpoint_start) == (1, 30 - 8 + 1)
 

@@ -50,13 +50,25 @@ class GeneratorPreset:
             raise HarnessError(f"generator preset {self.name}: output tokens {self.token_shape} must be "
                                f"(rank+2, width+2) = ({self.rank + 2}, {self.width + 2})")
 
-    def check_fits(self, n_tokens: int, rank: int, width: int, model_name: str) -> None:
-        """One-line error when the preset cannot emit the base model's LoRA."""
+    def check_fits(self, n_tokens: int, rank: int, width: int, model_name: str, fitting: list[str] = ()) -> None:
+        """One-line error when the preset cannot emit the base model's LoRA, naming the presets that can."""
         if (self.n_tokens, self.rank, self.width) != (n_tokens, rank, width):
+            fix = (f"set strategy.preset to {' or '.join(fitting)}" if fitting else
+                   "no preset fits this model: add one (harness list dnd-presets shows their shapes)")
             raise HarnessError(
                 f"generator preset {self.name} emits {self.n_tokens} tokens for rank {self.rank}, width {self.width}; "
-                f"a rank-{rank} LoRA of {model_name} needs {n_tokens} tokens of width {width}: "
-                f"pick the preset made for {model_name} (strategy.preset=null uses the model's dnd_preset)")
+                f"a rank-{rank} LoRA of {model_name} needs {n_tokens} tokens of width {width}: {fix}")
+
+    def fits(self, model) -> bool:
+        """Whether this preset emits exactly the rank-`self.rank` LoRA of `model` (its shapes; works on the meta
+        device)."""
+        from baselines.dnd.tokenizer import LoraTokenizer, shapes_of_model
+
+        try:
+            tok = LoraTokenizer(shapes_of_model(model, self.rank), self.rank, self.width)
+        except HarnessError:
+            return False
+        return tok.n_tokens == self.n_tokens
 
 
 def _paper(name, kernel, prompts, tokens, feats, rank, width, project=None, note=""):
@@ -88,6 +100,11 @@ PRESETS: dict[str, GeneratorPreset] = {p.name: p for p in [
     _paper("tiny-random", 3, 4, 16, [(4, 16, 384), (16, 12, 96), (64, 10, 34)], 8, 32,
            note="the tiny random test model"),
 ]}
+
+
+def presets_fitting(model) -> list[str]:
+    """The presets whose generators emit this model's LoRA layout."""
+    return [p.name for p in PRESETS.values() if p.fits(model)]
 
 
 def get_preset(name: str) -> GeneratorPreset:

@@ -38,14 +38,15 @@ class CollectSettings:
     checkpoints: int  # the last this-many optimizer steps are all saved
     batch_size: int
     lr: float
-    rank: int
-    alpha: float
+    rank: int | None  # None: the generator preset's rank (the rank of the LoRAs it emits): see `for_preset`
+    alpha: float | None  # None: 2 x rank, as the paper (r8 / alpha 16, r16 / alpha 32)
     max_length: int
     seed: int
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "rank", "max_length"):
+        for key in ("steps", "batch_size", "max_length"):
             as_int(getattr(self, key), f"strategy.collect.{key}", minimum=1)
+        as_int(self.rank, "strategy.collect.rank", minimum=1, allow_none=True)
         as_float(self.lr, "strategy.collect.lr", positive=True)
         if self.checkpoints < 1 or self.checkpoints > self.steps:
             raise HarnessError(f"strategy.collect.checkpoints must be in 1..collect.steps "
@@ -56,9 +57,23 @@ class CollectSettings:
         """Kept for callers not yet on `DnDSettings` (settings_from(DnDSettings, node).collect); same checks."""
         return settings_from(cls, cfg, "strategy.collect")
 
+    def for_preset(self, preset) -> "CollectSettings":
+        """These settings with rank and alpha resolved for a generator preset: the library LoRAs must have the
+        rank the preset emits, so `rank: null` takes it, and an explicit rank that differs is refused."""
+        from dataclasses import replace
+
+        if self.rank is not None and self.rank != preset.rank:
+            raise HarnessError(f"strategy.collect.rank={self.rank}, but generator preset {preset.name} emits rank "
+                               f"{preset.rank} LoRAs: set strategy.collect.rank=null (the preset's rank)")
+        rank = preset.rank
+        return replace(self, rank=rank, alpha=2 * rank if self.alpha is None else self.alpha)
+
     def lora(self) -> LoraSettings:
         """The trainer's settings: `collect`'s, and the paper's recipe for the rest (every attention and MLP
         projection, no dropout or weight decay, lora.yaml's 3 % warm-up), fixed so that `collect` keys the entry."""
+        if self.rank is None or self.alpha is None:
+            raise HarnessError("strategy.collect: rank and alpha are resolved from the generator preset first "
+                               "(CollectSettings.for_preset)")
         return LoraSettings(rank=self.rank, alpha=self.alpha, dropout=0.0, target_modules=DEFAULT_TARGETS, lr=self.lr,
                             warmup_frac=0.03, weight_decay=0.0, batch_size=self.batch_size,
                             max_length=self.max_length, max_steps=None, checkpoint_every=1,

@@ -8,11 +8,11 @@ from pathlib import Path
 from harness.budget import BudgetUse, TrainingBudget
 from harness.config_checks import as_float, as_int
 from harness.costs import PhaseMeter
-from harness.errors import BudgetTooSmall
+from harness.errors import BudgetTooSmall, HarnessError
 from harness.pricing import lora_serving
 from harness.strategy import AdaptContext, Adaptation, Strategy
 from harness.strategy_settings import settings_from
-from harness.trainer import LoraSettings, train_lora
+from harness.trainer import SCHEDULES, LoraSettings, train_lora
 
 
 @dataclass
@@ -29,6 +29,8 @@ class LoraTuningSettings(LoraSettings):
         as_int(self.max_steps, "strategy.max_steps", minimum=1, allow_none=True)
         as_int(self.checkpoint_every, "strategy.checkpoint_every", minimum=1, allow_none=True)
         as_float(self.lr, "strategy.lr", positive=True)
+        if self.schedule not in SCHEDULES:
+            raise HarnessError(f"strategy.schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
         if self.epochs is not None:
             as_float(self.epochs, "strategy.epochs (null: train until the budget is spent)", positive=True)
         as_float(self.alpha, "strategy.alpha", positive=True)

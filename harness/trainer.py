@@ -3,7 +3,8 @@
 Examples are (prompt, completion) pairs; the loss covers the completion tokens only, tokenized
 exactly as lm-eval scores a continuation, so training and evaluation see the same tokens.
 The learning rate follows a cosine over the *fraction of the budget spent*, which works for every
-budget kind (FLOPs, seconds, examples, steps) without knowing the step count in advance.
+budget kind (FLOPs, seconds, examples, steps) without knowing the step count in advance, or stays flat
+after the warm-up (`schedule: constant`: DnD's library trajectories, whose saved steps must keep moving).
 Batches are length-grouped (`_Batches`) so compute goes to real tokens, not padding; FLOPs are counted live
 only until the step's count is known exactly as a·(rows·W) + b·(rows·W²) of the batch width W (FlopTally's
 `count_linear`, harness/flops.py), never by a second pass.
@@ -39,6 +40,7 @@ class LoraSettings:
     target_modules: tuple[str, ...]
     lr: float
     warmup_frac: float
+    schedule: str  # "cosine" (to 0 over the budget spent) or "constant" (flat after the warm-up)
     weight_decay: float
     batch_size: int
     max_length: int
@@ -143,9 +145,14 @@ def _progress(budget: TrainingBudget, settings: LoraSettings, elapsed: float, st
     return max(frac, steps / settings.max_steps) if settings.max_steps else frac
 
 
-def _lr_factor(progress: float, warmup: float) -> float:
+SCHEDULES = ("cosine", "constant")
+
+
+def _lr_factor(progress: float, warmup: float, schedule: str = "cosine") -> float:
     if warmup > 0 and progress < warmup:
         return max(progress / warmup, 0.01)
+    if schedule == "constant":
+        return 1.0
     span = (progress - warmup) / max(1e-9, 1 - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, span)))
 
@@ -225,7 +232,7 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
                 break
             frac = _progress(budget, settings, elapsed, result.steps)
             for group in optimizer.param_groups:
-                group["lr"] = settings.lr * _lr_factor(frac, settings.warmup_frac)
+                group["lr"] = settings.lr * _lr_factor(frac, settings.warmup_frac, settings.schedule)
             tensors = {k: v.to(device) for k, v in tensors.items()}
             before = meter.tally.total
             padded = bool((tensors["attention_mask"] == 0).any())  # the masked attention path is its own kind

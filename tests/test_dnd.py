@@ -235,3 +235,30 @@ def test_bad_input_is_one_line_error_before_any_compute(tmp_path, overrides, mes
         run_cell(cfg)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "tiny-random" / "_shared").exists()  # no library trained, no generator
+
+
+@needs_data
+def test_each_library_task_starts_from_its_own_lora_a(tiny, tmp_path):
+    """Every library LoRA used to start from the same A (one trainer seed for all tasks): the seed is now offset by
+    the task, so two tasks' first saved A matrices differ, and the same task trained twice gives the same one."""
+    from safetensors.torch import load_file
+
+    from baselines.dnd.config import DnDSettings, get_preset
+    from baselines.dnd.library import collect_entry, task_handle
+    from harness.strategy_settings import settings_from
+
+    cfg = compose("model=tiny-random", "strategy=dnd", "strategy.collect.steps=2", "strategy.collect.checkpoints=1",
+                  "strategy.collect.lr=1e-6")  # one step at a tiny rate: A stays its initial draw
+    settings = settings_from(DnDSettings, cfg.strategy).collect.for_preset(get_preset("tiny-random"))
+    assert settings.task_seed("arc_challenge") != settings.task_seed("openbookqa")
+
+    def first_a(task, root):
+        entry, _ = collect_entry(task_handle(task), tiny.model, tiny.tokenizer, dict(cfg.model), settings, root,
+                                 torch.device("cpu"), progress=False, say=lambda *_: None)
+        state = load_file(str(entry.checkpoints[0] / "adapter_model.safetensors"))
+        return torch.cat([v.flatten() for k, v in sorted(state.items()) if "lora_A" in k])
+
+    a, b = first_a("arc_challenge", tmp_path / "one"), first_a("openbookqa", tmp_path / "one")
+    again = first_a("arc_challenge", tmp_path / "two")  # another library folder: trained again, not reused
+    assert torch.equal(a, again)
+    assert abs(torch.nn.functional.cosine_similarity(a, b, dim=0)) < 0.1  # independent draws, not one shared A

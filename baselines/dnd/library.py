@@ -68,14 +68,21 @@ class CollectSettings:
         rank = preset.rank
         return replace(self, rank=rank, alpha=2 * rank if self.alpha is None else self.alpha)
 
+    def task_seed(self, task: str) -> int:
+        """The trainer's seed for `task`'s library LoRA: `seed` offset by a stable hash of the task's name, so each
+        library task starts from its own LoRA A (and batch order), not one shared by every task."""
+        return self.seed + int(hashlib.sha256(task.encode()).hexdigest()[:8], 16) % 1_000_003
+
     def lora(self) -> LoraSettings:
         """The trainer's settings: `collect`'s, and the paper's recipe for the rest (every attention and MLP
-        projection, no dropout or weight decay, lora.yaml's 3 % warm-up), fixed so that `collect` keys the entry."""
+        projection, no dropout or weight decay, lora.yaml's 3 % warm-up), fixed so that `collect` keys the entry.
+        The rate stays constant after the warm-up, as in the paper's resumed runs: a cosine that ends at 0 made
+        the saved last steps nearly identical (issue 14)."""
         if self.rank is None or self.alpha is None:
             raise HarnessError("strategy.collect: rank and alpha are resolved from the generator preset first "
                                "(CollectSettings.for_preset)")
         return LoraSettings(rank=self.rank, alpha=self.alpha, dropout=0.0, target_modules=DEFAULT_TARGETS, lr=self.lr,
-                            warmup_frac=0.03, weight_decay=0.0, batch_size=self.batch_size,
+                            warmup_frac=0.03, schedule="constant", weight_decay=0.0, batch_size=self.batch_size,
                             max_length=self.max_length, max_steps=None, checkpoint_every=1,
                             checkpoint_start=self.steps - self.checkpoints + 1)
 
@@ -142,7 +149,8 @@ def cached_entry(task: TaskHandle, model_cfg: dict, settings: CollectSettings, r
 def predict_collect_flops(task: TaskHandle, model, tokenizer, settings: CollectSettings) -> float:
     """Analytic FLOPs of training `task`'s library LoRA, before training it (the same batches)."""
     examples = [task.training_example(d) for d in task.sample_pool(None, settings.seed)]
-    return predict_train_flops(model, tokenizer, examples, settings.lora(), settings.steps, settings.seed)
+    return predict_train_flops(model, tokenizer, examples, settings.lora(), settings.steps,
+                               settings.task_seed(task.name))
 
 
 def collect_entry(task: TaskHandle, model, tokenizer, model_cfg: dict, settings: CollectSettings,
@@ -157,9 +165,9 @@ def collect_entry(task: TaskHandle, model, tokenizer, model_cfg: dict, settings:
         steps = Budget(f"collect_{settings.steps}_steps", "steps", settings.steps, 0, "excluded", "recompute")
         budget = TrainingBudget(steps)  # no queries: neither one-off policy nor ICL pricing applies
         with PhaseMeter("collect", device) as meter:
-            result = train_lora(model, tokenizer, examples, budget, settings.lora(), work, meter, seed=settings.seed,
-                                progress=progress)
-        meter.cost.details.update({"task": task.name, "steps": result.steps,
+            result = train_lora(model, tokenizer, examples, budget, settings.lora(), work, meter,
+                                seed=settings.task_seed(task.name), progress=progress)
+        meter.cost.details.update({"task": task.name, "steps": result.steps, "seed": settings.task_seed(task.name),
                                    "sequences_processed": result.sequences_processed,
                                    "first_loss": result.losses[0], "final_loss": result.losses[-1],
                                    "checkpoints": len(result.trajectory), "entry_key": key})

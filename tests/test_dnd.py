@@ -76,6 +76,27 @@ def test_meta_training_loss_goes_down_and_is_logged(first):
 
 
 @needs_data
+def test_every_generator_is_checked_on_the_tasks_it_trained_on(first, tmp_path):
+    """Seen-task reconstruction (diagnostics.reconstruction) is computed with each generator: per library task, on
+    prompts it trained on and on held-back pool prompts; the record carries the summary and its label. One
+    meta-training step cannot reconstruct anything: `underfit`, and lower seen-task cosine than 40 steps."""
+    from pathlib import Path
+
+    _, record = first
+    summary = record["adaptation"]["details"]["reconstruction"]
+    full = json.loads((Path(record["adaptation"]["details"]["generator"]) / "generator.json").read_text())
+    diagnostic = full["reconstruction"]
+    assert set(diagnostic["tasks"]) == {"arc_challenge", "openbookqa"}
+    assert all(set(row) == {"seen", "held_back"} for row in diagnostic["tasks"].values())
+    assert summary["label"] == diagnostic["label"] in ("ok", "underfit", "collapsed")
+    assert summary["seen_cosine"] == pytest.approx(statistics.fmean(
+        row["seen"]["cosine"] for row in diagnostic["tasks"].values()))
+    _, once = _run(tmp_path, "strategy.meta_train.steps=1")  # its own runs folder: the report test reads `runs`
+    one_step = once["adaptation"]["details"]["reconstruction"]
+    assert one_step["label"] == "underfit" and one_step["seen_cosine"] < min(0.9, summary["seen_cosine"])
+
+
+@needs_data
 def test_costs_one_off_phases_are_shared_and_generation_is_metered(first):
     _, record = first
     costs = {c["phase"]: c for c in record["costs"]}
@@ -216,13 +237,16 @@ def test_report_writes_the_leave_one_out_table(runs, first, tmp_path):
     base = next(r["metrics"]["acc"] for r in records if r["cell"]["strategy"] == "base")
     assert sorted(accs) == [0, 1] and cols[3] == f"{base:.3f}"
     assert cols[8] == f"{sum(accs.values()) / 2:.3f} ± " + f"{statistics.stdev(accs.values()):.3f}" and cols[9] == "2"
+    checks = [r["adaptation"]["details"]["reconstruction"] for r in records if r["cell"]["strategy"] == "dnd"
+              and not r["config"]["strategy"]["targets"]]  # both seeds read the one generator
+    assert cols[14] == f"{checks[0]['seen_cosine']:.3f} ({checks[0]['label']})"
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["strategy.library=[arc_easy,openbookqa]"], "leakage"),
     (["strategy.library=[openbookqa]"], "at least two tasks"),
     (["strategy.library=null", "strategy.universe=[arc_easy,boolq]"], "at least two tasks"),
-    (["strategy.preset=smollm2-tiny"], "pick the preset"),
+    (["strategy.preset=smollm2-tiny"], "set strategy.preset to tiny-random$"),
     (["strategy.preset=nope"], "unknown DnD generator preset"),
     (["strategy.library=[arc_challenge,nope]"], "no config"),
 ])

@@ -336,3 +336,58 @@ def test_an_explicit_collect_rank_that_differs_from_the_preset_is_refused():
     assert collect.for_preset(get_preset("smollm2-small")).rank == 8
     with pytest.raises(HarnessError, match=r"collect\.rank=8, but generator preset qwen2\.5-7b emits rank 16"):
         collect.for_preset(get_preset("qwen2.5-7b"))
+
+
+# --- seen-task reconstruction (diagnostics.reconstruction) ---------------------------------------------
+
+def _library(tmp_path, tasks=("arc", "obqa"), checkpoints=3):
+    """Library entries on disk: per task its own A (like per-task seeds) and a B that drifts step to step."""
+    from safetensors.torch import save_file
+
+    from baselines.dnd.library import LibraryEntry
+    from harness.costs import PhaseCost
+
+    shapes = lora_shapes(**TINY, rank=8)
+    entries = []
+    for t, task in enumerate(tasks):
+        base = _lora_state(shapes, seed=10 * t + 1)
+        paths = []
+        for c in range(checkpoints):
+            state = {k: v + (0.1 * c * torch.ones_like(v) * v.abs().mean() if ".lora_B." in k else 0)
+                     for k, v in base.items()}
+            path = tmp_path / task / f"step_{c}"
+            path.mkdir(parents=True)
+            save_file(state, str(path / "adapter_model.safetensors"))
+            paths.append(path)
+        entries.append(LibraryEntry(task, f"key-{task}", tmp_path / task, paths, paths[-1],
+                                    PhaseCost(phase="collect", device="cpu")))
+    return entries
+
+
+def test_reconstruction_labels_ok_collapsed_and_underfit(tmp_path):
+    from baselines.dnd.diagnostics import flat, mean_state, reconstruction
+
+    entries = _library(tmp_path)
+    means = {e.task: mean_state([e.state(p) for p in e.checkpoints]) for e in entries}
+    library_mean = mean_state(list(means.values()))
+    seen = {e.task: [f"{e.task}: seen {i}" for i in range(4)] for e in entries}
+    held = {e.task: [f"{e.task}: held {i}" for i in range(4)] for e in entries}
+    task_of = lambda prompts: prompts[0].split(":")[0]  # noqa: E731
+
+    exact = reconstruction(lambda prompts: means[task_of(prompts)], entries, seen, held)
+    assert exact["label"] == "ok" and exact["seen_cosine"] == pytest.approx(1.0)
+    assert exact["held_back_cosine"] == pytest.approx(1.0) and exact["distinct"] == pytest.approx(1.0)
+    assert exact["tasks"]["arc"]["seen"]["rel_l2"] == pytest.approx(0.0, abs=1e-6)
+
+    collapsed = reconstruction(lambda prompts: library_mean, entries, seen, held)
+    assert collapsed["label"] == "collapsed" and collapsed["distinct"] == pytest.approx(0.0, abs=1e-6)
+    # the two tasks' A are independent draws: the mean is about as close to each as sqrt(1/2) of the way
+    a, b = flat(means["arc"]), flat(means["obqa"])
+    half = torch.nn.functional.cosine_similarity(flat(library_mean), a, dim=0).item()
+    assert collapsed["tasks"]["arc"]["seen"]["cosine"] == pytest.approx(half) and 0.6 < half < 0.8
+    assert abs(torch.nn.functional.cosine_similarity(a, b, dim=0).item()) < 0.1
+
+    g = torch.Generator().manual_seed(5)
+    noise = {k: torch.randn(v.shape, generator=g) * v.std() for k, v in library_mean.items()}
+    underfit = reconstruction(lambda prompts: noise, entries, seen, held)  # one output, far from every task
+    assert underfit["label"] == "underfit" and abs(underfit["seen_cosine"]) < 0.1

@@ -193,10 +193,42 @@ def _train(preset: GeneratorPreset, encoder: ConditionEncoder, entries: list[Lib
     curve = [[i, losses[i]] for i in range(0, len(losses), settings.log_every)] + [[len(losses) - 1, losses[-1]]]
     info = {"key": key, "preset": preset.name, "encoder": encoder.name, "settings": asdict(settings),
             "bank": bank, "library": {e.task: e.key for e in entries}, "loss_curve": curve,
-            "cost": meter.cost.to_dict()}
+            "cost": meter.cost.to_dict(),
+            "reconstruction": seen_task_reconstruction(gen, preset, encoder, entries, tasks, tok, bank, settings.seed,
+                                                       device)}
     save_file({k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}, str(work / WEIGHTS))
     store.write_json_atomic(work / GENERATOR, info)
     return TrainedGenerator(key, folder, preset, gen.cpu(), meter.cost, info)
+
+
+@torch.no_grad()
+def seen_task_reconstruction(gen: Generator, preset: GeneratorPreset, encoder: ConditionEncoder,
+                             entries: list[LibraryEntry], tasks: dict[str, TaskHandle], tok: LoraTokenizer, bank: int,
+                             seed: int, device: torch.device) -> dict:
+    """diagnostics.reconstruction for a freshly trained generator: per library task, N prompts of the bank it
+    trained on, and N pool prompts outside that bank (where the pool has them). Not part of any phase's cost: a
+    check on the generator, timed apart (`wall_s`)."""
+    import time
+
+    from baselines.dnd.diagnostics import reconstruction
+
+    start, n = time.perf_counter(), preset.n_prompts
+    seen, held = {}, {}
+    for e in entries:
+        task = tasks[e.task]
+        trained_on = prompt_bank(task, bank, seed)
+        seen[e.task] = trained_on[:n]
+        known = set(trained_on)
+        rest = [p for p in (task.unlabeled_prompt(d) for d in task.sample_pool(None, seed + 1)) if p not in known]
+        held[e.task] = rest[:n] if len(rest) >= n else []
+
+    def generate(prompts):
+        cond = encoder.encode(prompts, preset.prompt_tokens).to(device)[None]
+        return tok.detokenize(gen(cond)[0].float().cpu())
+
+    out = reconstruction(generate, entries, seen, held)
+    out["wall_s"] = round(time.perf_counter() - start, 3)
+    return out
 
 
 @torch.no_grad()

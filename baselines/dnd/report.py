@@ -67,8 +67,8 @@ def loo_table(records) -> str | None:
         return None
     lines = ["| model | held-out task | DnD config | base | library LoRAs: avg | best (oracle) | library mean | nearest | "
              "DnD: mean ± std | adapters | DnD − library avg | ‖DnD − mean‖ / ‖mean‖ | library spread "
-             "| ‖DnD‖ / ‖mean‖ |",
-             "|" + "---|" * 14]
+             "| ‖DnD‖ / ‖mean‖ | generator: seen-task cos (label) |",
+             "|" + "---|" * 15]
     avgs = {k: [] for k in ("base", "avg", "best", "mean", "nearest", "dnd")}
     for model, budget, task, variant in targets:
         mine = [c for c in cells if (c["model"], c["budget"], c["task"]) == (model, budget, task)
@@ -98,18 +98,22 @@ def loo_table(records) -> str | None:
             if v is not None:
                 avgs[k].append(v)
         near_task = nearest[0]["details"].get("nearest_task") if nearest else None
+        checks = [c["details"].get("reconstruction") for c in dnd if c["details"].get("reconstruction")]
+        labels = sorted({x["label"] for x in checks})
+        generator = (f"{statistics.fmean(x['seen_cosine'] for x in checks):.3f} ({'/'.join(labels)})" if checks
+                     else "— (not checked)")
         lines.append(
             f"| {model} | {task} | {variant} | {_fmt(values['base'])} | {_fmt(avg)} ({len(member_accs)}) "
             f"| {_fmt(values['best'])}{f' ({best_task})' if best_task else ''} | {_fmt(values['mean'])} "
             f"| {_fmt(values['nearest'])}{f' ({near_task})' if near_task else ''} "
             f"| {dnd_mean:.3f} ± {_fmt(dnd_std)} | {len(accs)} "
             f"| {_fmt(dnd_mean - avg, '+.3f') if avg is not None else '—'} | {_fmt(dist)} | {_fmt(spread)} "
-            f"| {_fmt(norm)} |")
+            f"| {_fmt(norm)} | {generator} |")
     if len(targets) > 1:
         m = {k: (statistics.fmean(v) if v else None) for k, v in avgs.items()}
         diff = m["dnd"] - m["avg"] if m["avg"] is not None else None
         lines.append(f"| | **average** | | {_fmt(m['base'])} | {_fmt(m['avg'])} | {_fmt(m['best'])} | {_fmt(m['mean'])} "
-                     f"| {_fmt(m['nearest'])} | {_fmt(m['dnd'])} | | {_fmt(diff, '+.3f')} | | | |")
+                     f"| {_fmt(m['nearest'])} | {_fmt(m['dnd'])} | | {_fmt(diff, '+.3f')} | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -191,7 +195,12 @@ LOO_INTRO = ("Per held-out task: accuracy on the same eval items. Library LoRAs:
              "(one per prompt batch). ‖DnD − mean‖/‖mean‖: distance of the generated weights from the library mean; "
              "library spread: the same for the library's own LoRAs; ‖DnD‖/‖mean‖: the generated weights' norm relative to "
              "the library mean's. DnD ≈ library mean in both accuracy and weights means the generator collapsed to its "
-             "training average; a distance near 1 with a small norm means it has not learned the weights at all.")
+             "training average; a distance near 1 with a small norm means it has not learned the weights at all. "
+             "Generator: does it reproduce the tasks it trained on? The cosine between the LoRA it generates from "
+             "prompts of each library task and that task's checkpoint mean, averaged over the library; `ok` at "
+             "0.9 or more, `collapsed` when it emits about the library mean for every task, else `underfit` "
+             "(the per-task rows, and held-back prompts of the same tasks, are in the generator's generator.json). "
+             "A held-out result from a generator that is not `ok` says nothing about DnD.")
 SPEEDUP_INTRO = ("Wall-clock and FLOPs (measured) of adaptation on this machine. DnD generation is one encoder + "
                  "decoder pass; its one-off phases (collecting the LoRA library, training the generator) are shown "
                  "excluded, amortized over the targets that used them (counted from the records) and whole; the "

@@ -186,6 +186,14 @@ def _target_prompts(ctx: AdaptContext, n: int) -> tuple[list[str], list[int]]:
     return [ctx.task.unlabeled_prompt(pool[i]) for i in rows], rows
 
 
+def _summary(diagnostic: dict | None) -> dict | None:
+    """The generator's seen-task reconstruction, without the per-task rows (those stay in generator.json)."""
+    if not diagnostic:
+        return None
+    return {k: diagnostic[k] for k in ("label", "seen_cosine", "held_back_cosine", "cosine_to_library_mean",
+                                       "distinct", "thresholds")}
+
+
 class DragAndDrop(_LibraryStrategy):
     def one_off_phases(self, settings) -> tuple[str, ...]:
         return ("collect", "meta_train")  # the library and the generator trained on it
@@ -232,5 +240,7 @@ class DragAndDrop(_LibraryStrategy):
                      "condition_rows": rows, "n_prompts": len(prompts), "tokens": tok.describe(),
                      "meta_train_loss": {"first": train_cost.details.get("first_loss"),
                                          "final": train_cost.details.get("final_loss")},
-                     "collapse": collapse(state, entries)})
+                     "collapse": collapse(state, entries),
+                     # does the generator reproduce the tasks it trained on? (diagnostics.reconstruction)
+                     "reconstruction": _summary(trained.info.get("reconstruction"))})
 

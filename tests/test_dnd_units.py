@@ -381,11 +381,23 @@ def test_reconstruction_labels_ok_collapsed_and_underfit(tmp_path):
 
     collapsed = reconstruction(lambda prompts: library_mean, entries, seen, held)
     assert collapsed["label"] == "collapsed" and collapsed["distinct"] == pytest.approx(0.0, abs=1e-6)
-    # the two tasks' A are independent draws: the mean is about as close to each as sqrt(1/2) of the way
+    assert collapsed["cosine_to_library_mean"] == pytest.approx(1.0)
+
+    # dW = B A formed explicitly, module by module (the diagnostic never forms it): the library mean's update,
+    # ((B1 + B2)/2)((A1 + A2)/2), has cosine about 1/2 with each task's B A when the two A are independent
+    def delta(state):
+        keys = sorted(k for k in state if ".lora_A." in k)
+        return torch.cat([(state[k.replace(".lora_A.", ".lora_B.")].double() @ state[k].double()).flatten()
+                          for k in keys])
+
+    half = torch.nn.functional.cosine_similarity(delta(library_mean), delta(means["arc"]), dim=0).item()
+    assert collapsed["tasks"]["arc"]["seen"]["cosine"] == pytest.approx(half, rel=1e-9) and 0.35 < half < 0.65
     a, b = flat(means["arc"]), flat(means["obqa"])
-    half = torch.nn.functional.cosine_similarity(flat(library_mean), a, dim=0).item()
-    assert collapsed["tasks"]["arc"]["seen"]["cosine"] == pytest.approx(half) and 0.6 < half < 0.8
     assert abs(torch.nn.functional.cosine_similarity(a, b, dim=0).item()) < 0.1
+    exact_l2 = (delta(noise_like := means["obqa"]) - delta(means["arc"])).norm() / delta(means["arc"]).norm()
+    crossed = reconstruction(lambda prompts: noise_like, entries, seen, held)  # obqa's LoRA for every task
+    assert crossed["tasks"]["arc"]["seen"]["rel_l2"] == pytest.approx(exact_l2.item(), rel=1e-9)
+    assert crossed["tasks"]["obqa"]["seen"]["cosine"] == pytest.approx(1.0) and crossed["label"] == "underfit"
 
     g = torch.Generator().manual_seed(5)
     noise = {k: torch.randn(v.shape, generator=g) * v.std() for k, v in library_mean.items()}

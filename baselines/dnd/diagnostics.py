@@ -2,6 +2,8 @@
 relative to the library it was trained on (a collapsed generator emits the library mean)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from baselines.dnd.library import LibraryEntry
@@ -35,13 +37,20 @@ RECONSTRUCTS = 0.9  # mean seen-task cosine at or above which a generator recons
 DISTINCT = 0.1  # generated outputs spread across tasks below this share of the library's spread: not told apart
 
 
-def _cos(x: torch.Tensor, y: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(x, y, dim=0))
+def _factors(state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per adapted module, its (A [r, in], B [out, r]) in float64."""
+    out: dict[str, list] = {}
+    for key, value in state.items():
+        for part, slot in ((".lora_A.", 0), (".lora_B.", 1)):
+            if part in key:
+                out.setdefault(key.replace(part, "."), [None, None])[slot] = value.double()
+    return {k: (a, b) for k, (a, b) in out.items()}
 
 
-def _spread(vectors: list[torch.Tensor]) -> float:
-    centre = torch.stack(vectors).mean(0)
-    return sum(float((v - centre).norm()) for v in vectors) / len(vectors)
+def delta_inner(x: dict, y: dict) -> float:
+    """<dW_x, dW_y> summed over modules, dW = B A (the weight update a LoRA applies, up to its constant alpha/r),
+    without forming dW: <B1 A1, B2 A2> = tr((B1^T B2)(A2 A1^T)), products of r x r matrices."""
+    return float(sum(((bx.T @ y[k][1]) * (ax @ y[k][0].T)).sum() for k, (ax, bx) in x.items()))
 
 
 def reconstruction(generate, entries: list[LibraryEntry], seen: dict[str, list[str]],
@@ -49,32 +58,48 @@ def reconstruction(generate, entries: list[LibraryEntry], seen: dict[str, list[s
     """Does a generator reproduce the tasks it was trained on? `generate(prompts)` is its LoRA state for a batch of
     prompts; `seen[task]` are prompts it trained on, `held[task]` pool prompts of the same task it never saw.
 
-    Per task: cosine and relative L2 error of the generated LoRA against that task's checkpoint mean (and its
-    cosine to the whole library's mean); across tasks: how far apart the generated LoRAs lie relative to how far
-    apart the tasks' means do (`distinct`, 1 when the generator separates tasks as the library does, 0 when it
-    emits one LoRA for all). Label: `collapsed` (outputs ≈ the library mean for every task: `distinct` below
-    DISTINCT and cosine to the library mean at least RECONSTRUCTS), else `ok` (mean seen-task cosine at least
+    Compared as weight updates dW = B A per module, what a LoRA does to the model (its stored A and B are not:
+    A holds nearly all of their norm, and the paper's std-weighted loss leaves it nearly unweighted). Per task:
+    cosine and relative L2 error of the generated LoRA's dW against the dW of that task's checkpoint mean (A and
+    B averaged separately, what a generator trained by MSE on the task's checkpoints converges to), and its
+    cosine to the library mean's dW; across tasks: how far apart the generated dWs lie relative to how far apart
+    the tasks' do (`distinct`, 1 when the generator separates tasks as the library does, 0 when it emits one
+    LoRA for all). Label: `collapsed` (outputs about the library mean for every task: `distinct` below DISTINCT
+    and cosine to the library mean at least RECONSTRUCTS), else `ok` (mean seen-task cosine at least
     RECONSTRUCTS), else `underfit`.
     """
-    means = {e.task: flat(mean_state([e.state(p) for p in e.checkpoints])) for e in entries}
-    library_mean = torch.stack(list(means.values())).mean(0)
+    means = {e.task: _factors(mean_state([e.state(p) for p in e.checkpoints])) for e in entries}
+    library_mean = _factors(mean_state([mean_state([e.state(p) for p in e.checkpoints]) for e in entries]))
+
+    def cos(x, y):
+        return delta_inner(x, y) / math.sqrt(max(delta_inner(x, x) * delta_inner(y, y), 1e-300))
+
+    def rel_l2(x, target):
+        xx, xt, tt = delta_inner(x, x), delta_inner(x, target), delta_inner(target, target)
+        return math.sqrt(max(xx - 2 * xt + tt, 0.0) / max(tt, 1e-300))
+
+    def spread(vectors):  # mean distance to their centroid, from inner products alone
+        gram = [[delta_inner(a, b) for b in vectors] for a in vectors]
+        n = len(vectors)
+        centre = sum(map(sum, gram)) / n ** 2
+        return sum(math.sqrt(max(gram[i][i] - 2 * sum(gram[i]) / n + centre, 0.0)) for i in range(n)) / n
+
     tasks, outputs = {}, {}
     for e in entries:
         row = {}
         for kind, prompts in (("seen", seen.get(e.task)), ("held_back", held.get(e.task))):
             if not prompts:
                 continue
-            out = flat(generate(prompts))
-            target = means[e.task]
-            row[kind] = {"cosine": _cos(out, target), "rel_l2": float((out - target).norm() / target.norm()),
-                         "cosine_to_library_mean": _cos(out, library_mean)}
+            out = _factors(generate(prompts))
+            row[kind] = {"cosine": cos(out, means[e.task]), "rel_l2": rel_l2(out, means[e.task]),
+                         "cosine_to_library_mean": cos(out, library_mean)}
             if kind == "seen":
                 outputs[e.task] = out
         tasks[e.task] = row
     seen_cos = sum(r["seen"]["cosine"] for r in tasks.values()) / len(tasks)
     to_mean = sum(r["seen"]["cosine_to_library_mean"] for r in tasks.values()) / len(tasks)
-    library_spread = _spread(list(means.values()))
-    distinct = _spread(list(outputs.values())) / library_spread if library_spread > 0 else float("nan")
+    library_spread = spread(list(means.values()))
+    distinct = spread(list(outputs.values())) / library_spread if library_spread > 0 else float("nan")
     if distinct < DISTINCT and to_mean >= RECONSTRUCTS:
         label = "collapsed"
     elif seen_cos >= RECONSTRUCTS:
@@ -82,6 +107,7 @@ def reconstruction(generate, entries: list[LibraryEntry], seen: dict[str, list[s
     else:
         label = "underfit"
     held_cos = [r["held_back"]["cosine"] for r in tasks.values() if "held_back" in r]
-    return {"label": label, "seen_cosine": seen_cos, "held_back_cosine": sum(held_cos) / len(held_cos) if held_cos
-            else None, "cosine_to_library_mean": to_mean, "distinct": distinct, "tasks": tasks,
+    return {"label": label, "space": "dW = BA", "seen_cosine": seen_cos,
+            "held_back_cosine": sum(held_cos) / len(held_cos) if held_cos else None,
+            "cosine_to_library_mean": to_mean, "distinct": distinct, "tasks": tasks,
             "thresholds": {"reconstructs": RECONSTRUCTS, "distinct": DISTINCT}}

@@ -196,8 +196,9 @@ LOO_INTRO = ("Per held-out task: accuracy on the same eval items. Library LoRAs:
              "library spread: the same for the library's own LoRAs; ‖DnD‖/‖mean‖: the generated weights' norm relative to "
              "the library mean's. DnD ≈ library mean in both accuracy and weights means the generator collapsed to its "
              "training average; a distance near 1 with a small norm means it has not learned the weights at all. "
-             "Generator: does it reproduce the tasks it trained on? The cosine between the LoRA it generates from "
-             "prompts of each library task and that task's checkpoint mean, averaged over the library; `ok` at "
+             "Generator: does it reproduce the tasks it trained on? The cosine between the weight update (dW = BA) "
+             "of the LoRA it generates from prompts of each library task and that of the task's checkpoint mean, "
+             "averaged over the library; `ok` at "
              "0.9 or more, `collapsed` when it emits about the library mean for every task, else `underfit` "
              "(the per-task rows, and held-back prompts of the same tasks, are in the generator's generator.json). "
              "A held-out result from a generator that is not `ok` says nothing about DnD.")

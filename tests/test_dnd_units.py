@@ -315,16 +315,18 @@ def test_model_and_dnd_validate_with_the_models_preset(model, rank, alpha, fitti
 
 
 def test_a_mismatched_preset_names_the_presets_that_fit():
-    from baselines.dnd.config import presets_fitting
-
     qwen = _meta_qwen("qwen2.5-1.5b")
     tok = LoraTokenizer(shapes_of_model(qwen, 8), 8, 128)  # what a rank-8 preset would ask of this model
     with pytest.raises(HarnessError) as err:
-        get_preset("qwen2.5-0.5b").check_fits(tok.n_tokens, tok.rank, tok.width, "Qwen2.5-1.5B",
-                                              fitting=presets_fitting(qwen))
+        get_preset("qwen2.5-0.5b").check_fits(tok.n_tokens, tok.rank, tok.width, "Qwen2.5-1.5B", model=qwen)
     assert str(err.value).endswith("set strategy.preset to qwen2.5-1.5b or qwen2.5-1.5b-code")
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    with torch.device("meta"):  # sides of 100 and 300: no preset's width divides them
+        odd = Qwen2ForCausalLM(Qwen2Config(hidden_size=100, intermediate_size=300, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, vocab_size=1000))
     with pytest.raises(HarnessError, match="no preset fits this model"):
-        get_preset("qwen2.5-0.5b").check_fits(1, 8, 128, "a model no preset fits", fitting=[])
+        get_preset("qwen2.5-0.5b").check_fits(1, 8, 100, "a model no preset fits", model=odd)
 
 
 def test_an_explicit_collect_rank_that_differs_from_the_preset_is_refused():

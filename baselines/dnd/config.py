@@ -50,9 +50,11 @@ class GeneratorPreset:
             raise HarnessError(f"generator preset {self.name}: output tokens {self.token_shape} must be "
                                f"(rank+2, width+2) = ({self.rank + 2}, {self.width + 2})")
 
-    def check_fits(self, n_tokens: int, rank: int, width: int, model_name: str, fitting: list[str] = ()) -> None:
-        """One-line error when the preset cannot emit the base model's LoRA, naming the presets that can."""
+    def check_fits(self, n_tokens: int, rank: int, width: int, model_name: str, model=None) -> None:
+        """One-line error when the preset cannot emit the base model's LoRA, naming the presets that can (those
+        that fit `model`, looked for only when this one does not)."""
         if (self.n_tokens, self.rank, self.width) != (n_tokens, rank, width):
+            fitting = presets_fitting(model) if model is not None else []
             fix = (f"set strategy.preset to {' or '.join(fitting)}" if fitting else
                    "no preset fits this model: add one (harness list dnd-presets shows their shapes)")
             raise HarnessError(

@@ -68,8 +68,9 @@ def reconstruction(generate, entries: list[LibraryEntry], seen: dict[str, list[s
     and cosine to the library mean at least RECONSTRUCTS), else `ok` (mean seen-task cosine at least
     RECONSTRUCTS), else `underfit`.
     """
-    means = {e.task: _factors(mean_state([e.state(p) for p in e.checkpoints])) for e in entries}
-    library_mean = _factors(mean_state([mean_state([e.state(p) for p in e.checkpoints]) for e in entries]))
+    task_means = {e.task: mean_state([e.state(p) for p in e.checkpoints]) for e in entries}  # read once
+    means = {task: _factors(state) for task, state in task_means.items()}
+    library_mean = _factors(mean_state(list(task_means.values())))
 
     def cos(x, y):
         return delta_inner(x, y) / math.sqrt(max(delta_inner(x, x) * delta_inner(y, y), 1e-300))

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from baselines.dnd import report
-from baselines.dnd.config import DnDSettings, MetaTrainSettings, get_preset, presets_fitting, print_presets
+from baselines.dnd.config import DnDSettings, MetaTrainSettings, get_preset, print_presets
 from baselines.dnd.diagnostics import collapse
 from baselines.dnd.encoder import load_encoder
 from baselines.dnd.generator import (cached_cost, generate_tokens, generator_key, meta_train, predict_generate_flops,
@@ -117,7 +117,7 @@ class _LibraryStrategy(Strategy):
         except HarnessError:  # the preset's width does not divide this model's sides: name the layout it needs
             tok = LoraTokenizer(shapes, collect.rank, default_width(shapes))
         # before any compute is spent; a mismatch names the presets that fit this model
-        preset.check_fits(tok.n_tokens, tok.rank, tok.width, ctx.model_name, fitting=presets_fitting(ctx.model))
+        preset.check_fits(tok.n_tokens, tok.rank, tok.width, ctx.model_name, model=ctx.model)
         names = library_tasks(s, ctx.task.name)
         return preset, collect, tok, names
 

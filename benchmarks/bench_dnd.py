@@ -1,6 +1,6 @@
 """Generation latency of DnD's generator (one forward pass: condition → LoRA parameter tokens), per preset.
 
-    python benchmarks/bench_dnd.py [--presets tiny-random smollm2-tiny smollm2-small] [--device auto]
+    python benchmarks/bench_dnd.py [--presets tiny-random smollm2-small] [--device auto]
         [--dtype auto] [--warmup 3] [--iters 10] [--threads N] [--with-encoder] [--peak-tflops 989] [--out FILE]
 
 Random generator weights and a random condition (1, N, L, 384): latency does not depend on the values.
@@ -24,7 +24,7 @@ PROMPT = ("Question: {i}. A student mixes baking soda and vinegar in a sealed ba
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--presets", nargs="+", default=["tiny-random", "smollm2-tiny", "smollm2-small"])
+    parser.add_argument("--presets", nargs="+", default=["tiny-random", "smollm2-small"])
     parser.add_argument("--device", default="auto", help="auto: cuda if available, else cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                         help="auto: bf16 (autocast) on cuda, fp32 on cpu")

@@ -172,6 +172,15 @@ class TaskHandle:
             return str(t.doc_to_decontamination_query(doc))
         return str(t.doc_to_text(doc))
 
+    def prompt_with_options(self, doc: dict) -> str:
+        """The unlabeled prompt with its answer options listed (A. ..., B. ...) when the task scores options, as
+        DnD's prepared prompts show them; a generative task's prompt as it is. No answer is revealed."""
+        prompt = self.unlabeled_prompt(doc)
+        if self.generative:
+            return prompt
+        choices = [str(c).strip() for c in self.task.doc_to_choice(doc)]
+        return prompt.rstrip() + "\n" + "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
+
     def sample_pool(self, k: int | None, seed: int) -> list[dict]:
         """k pool documents drawn with a seed (all of them, shuffled, when k is None)."""
         docs = self.pool_docs

@@ -180,8 +180,10 @@ def predict_train_flops(model, tokenizer, examples: list[tuple[str, str]], setti
 
 
 def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: TrainingBudget, settings: LoraSettings,
-               out_dir: Path, meter: PhaseMeter, seed: int = 0, progress: bool = True) -> TrainResult:
-    """Train a fresh LoRA on `examples` until the budget (or `max_steps`) is spent; save it to out_dir/adapter."""
+               out_dir: Path, meter: PhaseMeter, seed: int = 0, progress: bool = True,
+               init_seed: int | None = None) -> TrainResult:
+    """Train a fresh LoRA on `examples` until the budget (or `max_steps`) is spent; save it to out_dir/adapter.
+    `seed` draws the batches and, unless `init_seed` is given, the LoRA's initial A."""
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
 
@@ -195,7 +197,7 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
     encoded = [encode_example(tokenizer, p, c, settings.max_length) for p, c in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    torch.manual_seed(seed)
+    torch.manual_seed(seed if init_seed is None else init_seed)
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=list(settings.target_modules), task_type="CAUSAL_LM", bias="none")
     peft_model = get_peft_model(model, config)

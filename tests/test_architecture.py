@@ -68,7 +68,7 @@ def test_strategies_contribute_report_and_list_pages_through_the_registry():
     from baselines.dnd.config import print_presets
     from harness.strategy import get_strategy, list_pages, report_pages
 
-    assert list(report_pages()) == ["dnd_loo.md", "dnd_speedup.md"]  # offered by dnd and dnd_control: once
+    assert list(report_pages()) == ["dnd_loo.md", "dnd_library.md", "dnd_speedup.md"]  # offered by dnd and dnd_control: once
     assert list_pages() == {"dnd-presets": print_presets}
     base = get_strategy("base")  # the defaults: no check, no extra input, no one-off phase, no page
     cfg = compose("strategy=base")
@@ -195,7 +195,7 @@ def test_harness_list_pages_come_from_strategies(capsys):
     main(["list", "dnd-presets"])
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out] == ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-1.5b-code", "qwen2.5-7b",
-                                                  "smollm2-small", "smollm2-tiny", "tiny-random"]
+                                                  "smollm2-small", "tiny-random"]
 
 
 def test_architecture_page_names_every_hook_and_files_that_exist():

@@ -87,18 +87,20 @@ def test_plain_lm_eval_cli_runs_our_task_yaml(smollm2, tmp_path):
 
 
 def test_dnd_on_smollm2_generates_an_adapter_of_the_real_layout(tmp_path):
-    """SmolLM2 r8: 1590 parameter tokens of 10 × 194; the generated adapter is scored on real items."""
+    """SmolLM2 r8 on q_proj and v_proj (the smollm2-small preset): 300 parameter tokens of 10 × 194; the generated
+    adapter is scored on real items."""
     import json
 
     from harness.runner import run_cell
 
     cfg = compose("model=smollm2-135m", "task=arc_easy", "strategy=dnd_default", "eval.limit=5", "progress=false",
                   "strategy.collect.steps=3", "strategy.collect.checkpoints=2", "strategy.meta_train.steps=4",
-                  "strategy.bank=16", f"runs_dir={tmp_path}")
+                  "strategy.bank=16", "strategy.collect.check_items=4", f"runs_dir={tmp_path}")
     record = json.loads((run_cell(cfg) / "record.json").read_text())
     details = record["adaptation"]["details"]
-    assert details["tokens"]["n_tokens"] == 1590 and details["tokens"]["token_shape"] == [10, 194]
-    assert details["preset"] == "smollm2-tiny" and details["library"] == ["arc_challenge", "openbookqa"]
+    assert details["tokens"]["n_tokens"] == 300 and details["tokens"]["token_shape"] == [10, 194]
+    assert details["preset"] == "smollm2-small" and details["library"] == ["arc_challenge", "openbookqa"]
+    assert all(c["own_task"]["n"] == 4 for c in details["library_checks"].values())
     assert record["metrics"]["n"] == 5
     shared = {c["phase"]: c["shared_by"] for c in record["costs"] if c["shared_by"]}
     assert shared == {"collect": 2, "meta_train": 2}  # the default's two targets share the library

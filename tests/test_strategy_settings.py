@@ -9,7 +9,8 @@ from conftest import compose, needs_data
 from harness.errors import HarnessError
 from harness.strategy_settings import settings_from
 
-STRATEGY_YAML = Path(__file__).resolve().parents[1] / "configs" / "strategy"
+ROOT = Path(__file__).resolve().parents[1]
+STRATEGY_YAML = ROOT / "configs" / "strategy"
 
 
 def _types():
@@ -55,27 +56,32 @@ def test_settings_declare_no_default_the_yaml_would_compete_with():
 
 
 def test_the_values_that_run_are_the_yamls():
-    from baselines.dnd.config import DnDSettings
+    from baselines.dnd.config import DnDSettings, get_preset
 
     raw = yaml.safe_load((STRATEGY_YAML / "dnd.yaml").read_text())
     small = yaml.safe_load((STRATEGY_YAML / "dnd_default.yaml").read_text())
+    recipe = yaml.safe_load((ROOT / "configs" / "dnd_recipe" / "smollm2-small.yaml").read_text())
     s = settings_from(DnDSettings, compose("strategy=dnd_default").strategy)
-    assert s.meta_train.lr == 1e-3 == float(raw["meta_train"]["lr"])  # the dataclass used to say 3e-5
-    assert s.collect.steps == small["collect"]["steps"] == 30 and s.collect.checkpoints == 8  # it said 60 and 16
-    assert s.meta_train.steps == 150 and s.bank == 128 and s.library == ["arc_challenge", "openbookqa"]
-    assert s.collect.lr == 1e-4 and s.collect.rank is None and s.collect.alpha is None  # the preset's, resolved:
-    from baselines.dnd.config import get_preset
-
-    resolved = s.collect.for_preset(get_preset(s.preset))
-    assert (resolved.rank, resolved.alpha) == (8, 16)  # smollm2-tiny emits rank 8; alpha 2 x rank as the paper
-    assert s.preset == "smollm2-tiny" and s.encoder == raw["encoder"] and s.meta_train.seed == 999
+    # dnd.yaml leaves the recipe's keys null; dnd_default.yaml sets some, the model's preset's recipe the rest
+    assert raw["meta_train"]["lr"] is None and raw["collect"]["steps"] is None and s.preset is None
+    preset = get_preset(compose("model=smollm2-135m").model.dnd_preset)
+    meta, collect = s.meta_train.for_preset(preset), s.collect.for_preset(preset)
+    assert preset.name == "smollm2-small" and meta.lr == 1e-3 == recipe["meta_train"]["lr"]
+    assert meta.steps == small["meta_train"]["steps"] == 200 and meta.batch_size == recipe["meta_train"]["batch_size"]
+    assert (collect.steps, collect.checkpoints) == (small["collect"]["steps"], small["collect"]["checkpoints"])
+    assert (collect.steps, collect.checkpoints) == (60, 20)
+    assert collect.lr == recipe["collect"]["lr"] == 1e-3 and collect.batch_size == 4 and collect.max_length == 256
+    assert s.bank == 128 and s.library == ["arc_challenge", "openbookqa"]
+    assert s.collect.rank is None and s.collect.alpha is None and s.collect.targets is None  # the preset's, resolved:
+    assert (collect.rank, collect.alpha, collect.targets) == (8, 16, ["q_proj", "v_proj"])
+    assert s.encoder == raw["encoder"] and s.meta_train.seed == 999 and collect.init == "shared"
     lora = settings_from(_types()[0]["lora"], compose("strategy=lora_fewshot").strategy)
     assert lora.shots == 16 and lora.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                          "up_proj", "down_proj")
     assert lora.lr == 1e-4 and lora.warmup_frac == 0.03 and lora.max_steps is None and lora.epochs is None
-    collect = resolved.lora()  # the library LoRAs train with lora.yaml's projections, alpha and warm-up
-    assert (collect.target_modules, collect.alpha, collect.warmup_frac) == (lora.target_modules, lora.alpha, 0.03)
-    assert (collect.checkpoint_every, collect.checkpoint_start) == (1, 30 - 8 + 1)
+    trainer = collect.lora()  # the library LoRAs train on the preset's projections, with lora.yaml's warm-up
+    assert (trainer.target_modules, trainer.alpha, trainer.warmup_frac) == (("q_proj", "v_proj"), 16, 0.03)
+    assert (trainer.checkpoint_every, trainer.checkpoint_start, trainer.schedule) == (1, 60 - 20 + 1, "constant")
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -88,7 +94,8 @@ def test_the_values_that_run_are_the_yamls():
     (["strategy=dnd", "strategy.collect=3"], r"^strategy\.collect must be a group of settings"),
     (["strategy=dnd", "strategy.encoder=null"], r"^strategy\.encoder must be set \(got null\)"),
     (["strategy=dnd", "strategy.meta_train.lr=0"], r"^strategy\.meta_train\.lr must be > 0"),
-    (["strategy=dnd", "strategy.collect.checkpoints=99"], r"^strategy\.collect\.checkpoints must be in 1\.\.collect"),
+    (["strategy=dnd", "strategy.collect.steps=10", "strategy.collect.checkpoints=99"],
+     r"^strategy\.collect\.checkpoints must be in 1\.\.collect"),
     (["strategy=dnd_member", "strategy.member=-1"], r"^strategy\.member must be >= 0"),
     (["strategy=dnd_mean", "strategy.mode=median"], r"^strategy\.mode must be member, mean or nearest"),
     (["strategy=icl", "strategy.shots=2.5"], r"^strategy\.shots must be an integer \(got 2\.5\)"),

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from baselines.dnd.library import CollectSettings
+from baselines.dnd.library import CollectSettings, fill_from_recipe
+from baselines.dnd.tokenizer import MODULE_ORDER
 from harness.config_checks import as_float, as_int
 from harness.errors import HarnessError
 
@@ -24,6 +25,8 @@ class GeneratorPreset:
     project_to: int | None = None  # long prompts: Linear(L→P), SiLU, Linear(P→P) along the token axis
     encoder_dim: int = 384
     note: str = ""
+    targets: tuple[str, ...] = MODULE_ORDER  # the projections its LoRAs adapt (the paper: all seven)
+    mean_base: bool = False  # add a learned token tensor started at the library's mean tokens (not the paper's)
 
     def kernels(self) -> tuple[int, ...]:
         n = len(self.features) - 1
@@ -67,14 +70,19 @@ class GeneratorPreset:
         from baselines.dnd.tokenizer import LoraTokenizer, shapes_of_model
 
         try:
-            tok = LoraTokenizer(shapes_of_model(model, self.rank), self.rank, self.width)
+            tok = LoraTokenizer(shapes_of_model(model, self.rank, self.targets), self.rank, self.width)
         except HarnessError:
             return False
         return tok.n_tokens == self.n_tokens
 
 
-def _paper(name, kernel, prompts, tokens, feats, rank, width, project=None, note=""):
-    return GeneratorPreset(name, tuple(feats), kernel, prompts, tokens, rank, width, project, note=note)
+def _paper(name, kernel, prompts, tokens, feats, rank, width, project=None, note="", targets=MODULE_ORDER,
+           mean_base=False):
+    return GeneratorPreset(name, tuple(feats), kernel, prompts, tokens, rank, width, project, note=note,
+                           targets=tuple(targets), mean_base=mean_base)
+
+
+QV = ("q_proj", "v_proj")  # the CPU presets' LoRA targets, as Text-to-LoRA adapts
 
 
 PRESETS: dict[str, GeneratorPreset] = {p.name: p for p in [
@@ -91,16 +99,18 @@ PRESETS: dict[str, GeneratorPreset] = {p.name: p for p in [
     _paper("qwen2.5-7b", 11, 16, 4608,
            [(16, 1000, 384), (64, 500, 384), (256, 125, 400), (512, 64, 400), (1024, 64, 400), (2048, 32, 400),
             (4928, 18, 514)], 16, 512, project=1000, note="the paper's math decoder for Qwen2.5-7B, r16"),
-    # CPU scale. SmolLM2-135M r8 at width 192 (the gcd of 576, 192 and 1536): 1590 tokens of 10 × 194.
-    _paper("smollm2-small", (3, 3, 1), 32, 64,
-           [(32, 64, 384), (32, 16, 128), (64, 10, 194), (1590, 10, 194)], 8, 192,
-           note="SmolLM2-135M r8 on CPU: the leave-one-out and speedup experiments (about 0.5 s per step, batch 4)"),
-    _paper("smollm2-tiny", (1, 3, 1), 16, 48,
-           [(16, 48, 384), (16, 16, 128), (32, 10, 194), (1590, 10, 194)], 8, 192,
-           note="SmolLM2-135M r8, the embedded default: about 0.3 s per meta-train step (batch 4) on 2 CPU cores"),
-    # tiny-random (2 layers, hidden 64): 64 tokens of 10 × 34, for tests.
-    _paper("tiny-random", 3, 4, 16, [(4, 16, 384), (16, 12, 96), (64, 10, 34)], 8, 32,
-           note="the tiny random test model"),
+    # CPU scale (results/dnd/README.md has the search): SmolLM2-135M r8 LoRAs on q_proj and v_proj only, width 192
+    # (the gcd of 576 and 192): 300 tokens of 10 x 194. The last layer sees 256 channels through a 3 x 3 kernel (2304
+    # inputs per output value, at least the 1940 values of a token), and the decoder adds a learned tensor started
+    # at the library's mean tokens: the paper's all-module layout and narrow CPU decoders stayed near cosine 0.
+    _paper("smollm2-small", (1, 3, 3), 16, 48,
+           [(16, 48, 384), (32, 16, 256), (256, 10, 194), (300, 10, 194)], 8, 192,
+           note="SmolLM2-135M r8 (q, v) on CPU: the leave-one-out and speedup experiments", targets=QV,
+           mean_base=True),
+    # tiny-random (2 layers, hidden 64): 64 tokens of 10 x 34, for tests; 48 channels through a 3 x 3 kernel (432
+    # inputs per output value, at least a token's 340) and the learned mean tokens, as smollm2-small.
+    _paper("tiny-random", 3, 4, 16, [(4, 16, 384), (48, 10, 34), (64, 10, 34)], 8, 32,
+           note="the tiny random test model", mean_base=True),
 ]}
 
 
@@ -119,11 +129,12 @@ def get_preset(name: str) -> GeneratorPreset:
 
 @dataclass(frozen=True)
 class MetaTrainSettings:
-    """dnd.yaml's `meta_train`: how the generator is trained (values in the YAML only)."""
+    """dnd.yaml's `meta_train`: how the generator is trained (values in the YAML only). Keys left null there
+    come from the generator preset's recipe (`for_preset`)."""
 
-    steps: int
-    batch_size: int
-    lr: float
+    steps: int | None
+    batch_size: int | None
+    lr: float | None
     weight_decay: float
     warmup_steps: int
     grad_clip: float
@@ -133,10 +144,15 @@ class MetaTrainSettings:
     log_every: int
 
     def __post_init__(self) -> None:
-        as_int(self.steps, "strategy.meta_train.steps", minimum=1)
-        as_int(self.batch_size, "strategy.meta_train.batch_size", minimum=1)
-        as_float(self.lr, "strategy.meta_train.lr", positive=True)
+        as_int(self.steps, "strategy.meta_train.steps", minimum=1, allow_none=True)
+        as_int(self.batch_size, "strategy.meta_train.batch_size", minimum=1, allow_none=True)
+        if self.lr is not None:
+            as_float(self.lr, "strategy.meta_train.lr", positive=True)
         as_int(self.log_every, "strategy.meta_train.log_every", minimum=1)
+
+    def for_preset(self, preset: GeneratorPreset) -> "MetaTrainSettings":
+        """These settings with their null keys (steps, batch, rate) from the preset's recipe."""
+        return fill_from_recipe(self, preset.name, "meta_train")
 
 
 @dataclass(frozen=True)

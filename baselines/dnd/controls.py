@@ -57,11 +57,11 @@ class LibraryControl(_LibraryStrategy):
                 # The target's prompts: a bank drawn like the library's (fixed seed, so the control does
                 # not vary with the cell's seed), all from the adaptation pool.
                 encoder = load_encoder(str(s.encoder), "cpu" if ctx.device.type != "cuda" else str(ctx.device))
-                prompts = prompt_bank(ctx.task, int(s.bank), self._meta(s).seed)
+                prompts = prompt_bank(ctx.task, int(s.bank), self._settings(s).meta_train.seed)
                 target = self._centroid(encoder, prompts, meter)
                 scores = {}
                 for e in entries:
-                    bank = prompt_bank(tasks[e.task], int(s.bank), self._meta(s).seed)
+                    bank = prompt_bank(tasks[e.task], int(s.bank), self._settings(s).meta_train.seed)
                     scores[e.task] = float(torch.nn.functional.cosine_similarity(
                         target, self._centroid(encoder, bank, meter), dim=0))
                 best = max(scores, key=scores.get)

@@ -53,6 +53,17 @@ def delta_inner(x: dict, y: dict) -> float:
     return float(sum(((bx.T @ y[k][1]) * (ax @ y[k][0].T)).sum() for k, (ax, bx) in x.items()))
 
 
+def cosine(x: dict, y: dict) -> float:
+    """Cosine between two LoRAs' weight updates (their `_factors`)."""
+    return delta_inner(x, y) / math.sqrt(max(delta_inner(x, x) * delta_inner(y, y), 1e-300))
+
+
+def rel_l2(x: dict, target: dict) -> float:
+    """‖dW_x − dW_target‖ / ‖dW_target‖."""
+    xx, xt, tt = delta_inner(x, x), delta_inner(x, target), delta_inner(target, target)
+    return math.sqrt(max(xx - 2 * xt + tt, 0.0) / max(tt, 1e-300))
+
+
 def reconstruction(generate, entries: list[LibraryEntry], seen: dict[str, list[str]],
                    held: dict[str, list[str]]) -> dict:
     """Does a generator reproduce the tasks it was trained on? `generate(prompts)` is its LoRA state for a batch of
@@ -72,13 +83,7 @@ def reconstruction(generate, entries: list[LibraryEntry], seen: dict[str, list[s
     means = {task: _factors(state) for task, state in task_means.items()}
     library_mean = _factors(mean_state(list(task_means.values())))
 
-    def cos(x, y):
-        return delta_inner(x, y) / math.sqrt(max(delta_inner(x, x) * delta_inner(y, y), 1e-300))
-
-    def rel_l2(x, target):
-        xx, xt, tt = delta_inner(x, x), delta_inner(x, target), delta_inner(target, target)
-        return math.sqrt(max(xx - 2 * xt + tt, 0.0) / max(tt, 1e-300))
-
+    cos = cosine
     def spread(vectors):  # mean distance to their centroid, from inner products alone
         gram = [[delta_inner(a, b) for b in vectors] for a in vectors]
         n = len(vectors)
@@ -108,7 +113,9 @@ def reconstruction(generate, entries: list[LibraryEntry], seen: dict[str, list[s
     else:
         label = "underfit"
     held_cos = [r["held_back"]["cosine"] for r in tasks.values() if "held_back" in r]
-    return {"label": label, "space": "dW = BA", "seen_cosine": seen_cos,
+    names = sorted(means)
+    pairwise = {a: {b: round(cos(means[a], means[b]), 4) for b in names if b != a} for a in names}
+    return {"label": label, "space": "dW = BA", "seen_cosine": seen_cos, "library_pairwise_cosine": pairwise,
             "held_back_cosine": sum(held_cos) / len(held_cos) if held_cos else None,
             "cosine_to_library_mean": to_mean, "distinct": distinct, "tasks": tasks,
             "thresholds": {"reconstructs": RECONSTRUCTS, "distinct": DISTINCT}}

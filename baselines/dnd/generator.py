@@ -48,7 +48,7 @@ def token_weights(per_task: list[torch.Tensor]) -> torch.Tensor:
 
 def prompt_bank(task: TaskHandle, size: int, seed: int) -> list[str]:
     docs = task.sample_pool(min(size, len(task.pool_docs)), seed)
-    return [task.unlabeled_prompt(d) for d in docs]
+    return [task.prompt_with_options(d) for d in docs]
 
 
 @dataclass
@@ -125,20 +125,23 @@ def _load(folder: Path, key: str, preset: GeneratorPreset) -> TrainedGenerator |
 
 def meta_train(preset: GeneratorPreset, encoder: ConditionEncoder, entries: list[LibraryEntry],
                tasks: dict[str, TaskHandle], tok: LoraTokenizer, settings: MetaTrainSettings, bank: int, root: Path,
-               device: torch.device, progress: bool = True, say=print) -> tuple[TrainedGenerator, bool]:
-    """The generator trained on `entries` (trained now unless cached); returns (generator, reused)."""
+               device: torch.device, progress: bool = True, say=print,
+               score=None) -> tuple[TrainedGenerator, bool]:
+    """The generator trained on `entries` (trained now unless cached); returns (generator, reused). `score(task,
+    state)`, when given, scores a generated LoRA on a library task's own eval items (the seen-task check's accuracy
+    half: {doc_id: score})."""
     key = generator_key(preset, encoder.name, settings, bank, [e.key for e in entries])
     folder = _generator_folder(root, [e.task for e in entries], key)
     # Built under a lock (harness/artifacts.py): targets that need the same generator at once wait for one build.
     return artifacts.get_or_build(folder, lambda found: _load(found, key, preset),
                                   lambda work: _train(preset, encoder, entries, tasks, tok, settings, bank, key, folder,
-                                                      work, device, progress, say),
+                                                      work, device, progress, say, score),
                                   f"the DnD generator {preset.name} on {', '.join(e.task for e in entries)}", say)
 
 
 def _train(preset: GeneratorPreset, encoder: ConditionEncoder, entries: list[LibraryEntry],
            tasks: dict[str, TaskHandle], tok: LoraTokenizer, settings: MetaTrainSettings, bank: int, key: str,
-           folder: Path, work: Path, device: torch.device, progress: bool, say) -> TrainedGenerator:
+           folder: Path, work: Path, device: torch.device, progress: bool, say, score=None) -> TrainedGenerator:
     """Train the generator and save it in `work` (published at `folder` by the caller)."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
@@ -162,6 +165,9 @@ def _train(preset: GeneratorPreset, encoder: ConditionEncoder, entries: list[Lib
                 banks.append(encoder.encode(prompts, L))
             meter.add(flops_analytic=encoder.flops(len(prompts), L), tokens=len(prompts) * L)
         weights = token_weights(targets).to(device)[None, :, None, None]
+        if gen.base is not None:  # the decoder learns each task's departure from the library's mean tokens
+            with torch.no_grad():
+                gen.base.copy_(torch.cat(targets).mean(dim=0).to(device))
         pairs = [(t, c) for t in range(len(entries)) for c in range(len(targets[t]))]
         step_flops = 3 * gen.flops() * settings.batch_size  # forward + backward (input and weight grads)
         losses = []
@@ -195,7 +201,7 @@ def _train(preset: GeneratorPreset, encoder: ConditionEncoder, entries: list[Lib
             "bank": bank, "library": {e.task: e.key for e in entries}, "loss_curve": curve,
             "cost": meter.cost.to_dict(),
             "reconstruction": seen_task_reconstruction(gen, preset, encoder, entries, tasks, tok, bank, settings.seed,
-                                                       device)}
+                                                       device, score, say)}
     save_file({k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}, str(work / WEIGHTS))
     store.write_json_atomic(work / GENERATOR, info)
     return TrainedGenerator(key, folder, preset, gen.cpu(), meter.cost, info)
@@ -204,10 +210,12 @@ def _train(preset: GeneratorPreset, encoder: ConditionEncoder, entries: list[Lib
 @torch.no_grad()
 def seen_task_reconstruction(gen: Generator, preset: GeneratorPreset, encoder: ConditionEncoder,
                              entries: list[LibraryEntry], tasks: dict[str, TaskHandle], tok: LoraTokenizer, bank: int,
-                             seed: int, device: torch.device) -> dict:
+                             seed: int, device: torch.device, score=None, say=print) -> dict:
     """diagnostics.reconstruction for a freshly trained generator: per library task, N prompts of the bank it
-    trained on, and N pool prompts outside that bank (where the pool has them). Not part of any phase's cost: a
-    check on the generator, timed apart (`wall_s`)."""
+    trained on, and N pool prompts outside that bank (where the pool has them). With `score`, also the accuracy of
+    the LoRA generated from the seen prompts on the task's own eval items (the items its library LoRA was checked
+    on), beside the library LoRA's and base's there, and the share of the library LoRA's gain it recovers. Not part
+    of any phase's cost: a check on the generator, timed apart (`wall_s`)."""
     import time
 
     from baselines.dnd.diagnostics import reconstruction
@@ -219,7 +227,7 @@ def seen_task_reconstruction(gen: Generator, preset: GeneratorPreset, encoder: C
         trained_on = prompt_bank(task, bank, seed)
         seen[e.task] = trained_on[:n]
         known = set(trained_on)
-        rest = [p for p in (task.unlabeled_prompt(d) for d in task.sample_pool(None, seed + 1)) if p not in known]
+        rest = [p for p in (task.prompt_with_options(d) for d in task.sample_pool(None, seed + 1)) if p not in known]
         held[e.task] = rest[:n] if len(rest) >= n else []
 
     def generate(prompts):
@@ -227,8 +235,31 @@ def seen_task_reconstruction(gen: Generator, preset: GeneratorPreset, encoder: C
         return tok.detokenize(gen(cond)[0].float().cpu())
 
     out = reconstruction(generate, entries, seen, held)
+    if score is not None:
+        say(f"dnd meta_train: scoring the generator's adapters on its {len(entries)} library tasks' own items")
+        out.update(seen_task_accuracy({e.task: score(e.task, generate(seen[e.task])) for e in entries}, entries))
     out["wall_s"] = round(time.perf_counter() - start, 3)
     return out
+
+
+def seen_task_accuracy(scores: dict[str, dict], entries: list[LibraryEntry]) -> dict:
+    """Per library task, the generated LoRA's accuracy (`scores[task]`: {doc_id: score}) beside the library LoRA's
+    and base's on the same items (the entry's own-task check), and over the tasks whose library LoRA beats base the
+    share of the library's gain the generated LoRAs recover: sum(generated - base) / sum(library - base)."""
+    rows, gained, gain = {}, 0.0, 0.0
+    for e in entries:
+        own = e.checks.get("own_task")
+        values = scores[e.task]
+        acc = sum(values.values()) / max(len(values), 1)
+        row = {"generated": acc, "n": len(values)}
+        if own and own["n"] == len(values):
+            row.update(library_lora=own["lora"], base=own["base"], library_beats_base=own["beats_base"])
+            if own["beats_base"]:
+                gained += acc - own["base"]
+                gain += own["lora"] - own["base"]
+        rows[e.task] = row
+    return {"accuracy": rows, "gain_recovered": gained / gain if gain > 0 else None,
+            "gain_recovered_over": sorted(t for t, r in rows.items() if r.get("library_beats_base"))}
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,30 +25,69 @@ from harness.settings import CONFIG_DIR
 from harness.tasks import TaskHandle
 from harness.config_checks import as_float, as_int
 from harness.strategy_settings import settings_from
-from harness.trainer import DEFAULT_TARGETS, LoraSettings, predict_train_flops, train_lora
+from harness.trainer import LoraSettings, predict_train_flops, train_lora
 
 ENTRY = "entry.json"
+INITS = ("shared", "per_task")
+
+
+RECIPE_DIR = CONFIG_DIR / "dnd_recipe"
+RECIPE_KEYS = {"collect": ("steps", "checkpoints", "batch_size", "lr", "max_length"),
+               "meta_train": ("steps", "batch_size", "lr")}
+
+
+def recipe(preset_name: str) -> dict:
+    """A generator preset's recipe, configs/dnd_recipe/<preset>.yaml: the collect and meta_train values that
+    dnd.yaml leaves null (a value set in dnd.yaml, or on the command line, overrides the recipe's)."""
+    path = RECIPE_DIR / f"{preset_name}.yaml"
+    if not path.is_file():
+        raise HarnessError(f"generator preset {preset_name} has no recipe {path}: add one, or set every null "
+                           f"key of strategy.collect and strategy.meta_train")
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    for group, keys in RECIPE_KEYS.items():
+        given = sorted((data.get(group) or {}).keys())
+        if given != sorted(keys):
+            raise HarnessError(f"recipe {path} must set {group}: {', '.join(keys)} (it sets {', '.join(given)})")
+    return data
+
+
+def fill_from_recipe(settings, preset_name: str, group: str):
+    """`settings` (a collect or meta_train group) with its null recipe keys taken from the preset's recipe."""
+    from dataclasses import replace
+
+    missing = {k for k in RECIPE_KEYS[group] if getattr(settings, k) is None}
+    if not missing:
+        return settings
+    values = recipe(preset_name)[group]
+    return replace(settings, **{k: values[k] for k in missing})
 
 
 @dataclass(frozen=True)
 class CollectSettings:
-    """dnd.yaml's `collect`: how each library LoRA is trained (values in the YAML only; they key the entry)."""
+    """dnd.yaml's `collect`: how each library LoRA is trained (values in the YAML only; they key the entry).
+    Keys left null there come from the generator preset's recipe (`for_preset`)."""
 
-    steps: int
-    checkpoints: int  # the last this-many optimizer steps are all saved
-    batch_size: int
-    lr: float
+    steps: int | None  # optimizer steps in all: to a useful point at a constant rate, then the trajectory
+    checkpoints: int | None  # the last this-many optimizer steps are all saved (the trajectory)
+    batch_size: int | None
+    lr: float | None
     rank: int | None  # None: the generator preset's rank (the rank of the LoRAs it emits): see `for_preset`
     alpha: float | None  # None: 2 x rank, as the paper (r8 / alpha 16, r16 / alpha 32)
-    max_length: int
+    max_length: int | None
     seed: int
+    init: str  # "shared": every task's LoRA starts from the A drawn from `seed`; "per_task": from its own
+    targets: list[str] | None  # None: the generator preset's LoRA targets (the modules it emits)
+    check_items: int  # eval items on which each library LoRA is scored against base on its own task (0: none)
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "max_length"):
-            as_int(getattr(self, key), f"strategy.collect.{key}", minimum=1)
-        as_int(self.rank, "strategy.collect.rank", minimum=1, allow_none=True)
-        as_float(self.lr, "strategy.collect.lr", positive=True)
-        if self.checkpoints < 1 or self.checkpoints > self.steps:
+        as_int(self.check_items, "strategy.collect.check_items", minimum=0)
+        if self.init not in INITS:
+            raise HarnessError(f"strategy.collect.init must be one of {', '.join(INITS)} (got {self.init!r})")
+        for key in ("steps", "checkpoints", "batch_size", "max_length", "rank"):
+            as_int(getattr(self, key), f"strategy.collect.{key}", minimum=1, allow_none=True)
+        if self.lr is not None:
+            as_float(self.lr, "strategy.collect.lr", positive=True)
+        if self.checkpoints is not None and self.steps is not None and self.checkpoints > self.steps:
             raise HarnessError(f"strategy.collect.checkpoints must be in 1..collect.steps "
                                f"(got {self.checkpoints} of {self.steps})")
 
@@ -58,30 +97,43 @@ class CollectSettings:
         return settings_from(cls, cfg, "strategy.collect")
 
     def for_preset(self, preset) -> "CollectSettings":
-        """These settings with rank and alpha resolved for a generator preset: the library LoRAs must have the
-        rank the preset emits, so `rank: null` takes it, and an explicit rank that differs is refused."""
+        """These settings resolved for a generator preset: null recipe keys from its recipe; rank, alpha and
+        targets from the preset itself (the library LoRAs must have the rank and the modules it emits, so `null`
+        takes the preset's, and an explicit value that differs is refused)."""
         from dataclasses import replace
 
         if self.rank is not None and self.rank != preset.rank:
             raise HarnessError(f"strategy.collect.rank={self.rank}, but generator preset {preset.name} emits rank "
                                f"{preset.rank} LoRAs: set strategy.collect.rank=null (the preset's rank)")
+        if self.targets is not None and sorted(self.targets) != sorted(preset.targets):
+            raise HarnessError(f"strategy.collect.targets={list(self.targets)}, but generator preset {preset.name} "
+                               f"emits LoRAs on {list(preset.targets)}: set strategy.collect.targets=null")
         rank = preset.rank
-        return replace(self, rank=rank, alpha=2 * rank if self.alpha is None else self.alpha)
+        return fill_from_recipe(replace(self, rank=rank, alpha=2 * rank if self.alpha is None else self.alpha,
+                                        targets=list(preset.targets)), preset.name, "collect")
 
     def task_seed(self, task: str) -> int:
-        """The trainer's seed for `task`'s library LoRA: `seed` offset by a stable hash of the task's name, so each
-        library task starts from its own LoRA A (and batch order), not one shared by every task."""
+        """The trainer's seed for `task`'s library LoRA (its batch order): `seed` offset by a stable hash of the
+        task's name."""
         return self.seed + int(hashlib.sha256(task.encode()).hexdigest()[:8], 16) % 1_000_003
 
+    def init_seed(self, task: str) -> int:
+        """The seed of `task`'s initial LoRA A: `seed` for every task under `init: shared` (the paper's
+        LLaMA-Factory runs seed every task's model with 42 before adding the LoRA, so all its library LoRAs start
+        from one A and their B's live in one coordinate system), the task's own seed under `per_task`."""
+        return self.seed if self.init == "shared" else self.task_seed(task)
+
     def lora(self) -> LoraSettings:
-        """The trainer's settings: `collect`'s, and the paper's recipe for the rest (every attention and MLP
-        projection, no dropout or weight decay, lora.yaml's 3 % warm-up), fixed so that `collect` keys the entry.
+        """The trainer's settings: `collect`'s (the preset's targets, for the paper's presets every attention and
+        MLP projection), and the paper's recipe for the rest (no dropout or weight decay, lora.yaml's 3 % warm-up),
+        fixed so that `collect` keys the entry.
         The rate stays constant after the warm-up, as in the paper's resumed runs: a cosine that ends at 0 made
         the saved last steps nearly identical (issue 14)."""
-        if self.rank is None or self.alpha is None:
-            raise HarnessError("strategy.collect: rank and alpha are resolved from the generator preset first "
+        if any(getattr(self, k) is None for k in ("rank", "alpha", "targets", *RECIPE_KEYS["collect"])):
+            raise HarnessError("strategy.collect: its null keys are resolved from the generator preset first "
                                "(CollectSettings.for_preset)")
-        return LoraSettings(rank=self.rank, alpha=self.alpha, dropout=0.0, target_modules=DEFAULT_TARGETS, lr=self.lr,
+        return LoraSettings(rank=self.rank, alpha=self.alpha, dropout=0.0, target_modules=tuple(self.targets),
+                            lr=self.lr,
                             warmup_frac=0.03, schedule="constant", weight_decay=0.0, batch_size=self.batch_size,
                             max_length=self.max_length, max_steps=None, checkpoint_every=1,
                             checkpoint_start=self.steps - self.checkpoints + 1)
@@ -95,6 +147,7 @@ class LibraryEntry:
     checkpoints: list[Path]
     adapter: Path  # the final LoRA of the run (the paper's "training LoRA" of this task)
     cost: PhaseCost
+    checks: dict = field(default_factory=dict)  # own_task (library_check) and trajectory (trajectory_spread)
 
     def state(self, path: Path | None = None) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
@@ -130,7 +183,7 @@ def _read(folder: Path, key: str) -> LibraryEntry | None:
     if data.get("key") != key:
         return None
     entry = LibraryEntry(data["task"], key, folder, [folder / p for p in data["checkpoints"]],
-                         folder / data["adapter"], PhaseCost.from_dict(data["cost"]))
+                         folder / data["adapter"], PhaseCost.from_dict(data["cost"]), data.get("checks") or {})
     if any(adapter_problem(path) for path in [entry.adapter, *entry.checkpoints]):
         return None  # a damaged adapter (a truncated copy, a full disk): the entry is trained again
     return entry
@@ -166,18 +219,81 @@ def collect_entry(task: TaskHandle, model, tokenizer, model_cfg: dict, settings:
         budget = TrainingBudget(steps)  # no queries: neither one-off policy nor ICL pricing applies
         with PhaseMeter("collect", device) as meter:
             result = train_lora(model, tokenizer, examples, budget, settings.lora(), work, meter,
-                                seed=settings.task_seed(task.name), progress=progress)
+                                seed=settings.task_seed(task.name), progress=progress,
+                                init_seed=settings.init_seed(task.name))
         meter.cost.details.update({"task": task.name, "steps": result.steps, "seed": settings.task_seed(task.name),
+                                   "init_seed": settings.init_seed(task.name),
                                    "sequences_processed": result.sequences_processed,
                                    "first_loss": result.losses[0], "final_loss": result.losses[-1],
                                    "checkpoints": len(result.trajectory), "entry_key": key})
         rel = [str(Path(p).relative_to(work)) for p in result.trajectory]
+        # Diagnostics, not part of the phase's cost: does the LoRA beat base on its own task, how far do its
+        # saved steps move?
+        checks = {"trajectory": trajectory_spread([Path(p) for p in result.trajectory])}
+        if settings.check_items:
+            say(f"dnd collect: scoring the library LoRA of {task.name} against base on {settings.check_items} of "
+                f"its own eval items")
+            checks["own_task"] = library_check(task, model, tokenizer, result.adapter_dir, settings.check_items,
+                                               device)
         store.write_json_atomic(work / ENTRY, {"key": key, "task": task.name, "settings": asdict(settings),
                                                "data": task.pool_info.fingerprints, "checkpoints": rel,
                                                "adapter": "adapter", "losses": result.losses,
-                                               "cost": meter.cost.to_dict()})
+                                               "cost": meter.cost.to_dict(), "checks": checks})
 
     # Built under a lock (harness/artifacts.py): targets and controls that train on the same task at once wait for
     # one build; a failed build (a full disk, a refused budget) leaves no half-written entry.
     return artifacts.get_or_build(_folder(root, task, key), lambda folder: _read(folder, key), train,
                                   f"the library LoRA of {task.name}", say)
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "adapter_model.safetensors"))
+
+
+def trajectory_spread(checkpoints: list[Path]) -> dict:
+    """How far a library trajectory moves, in weight updates dW = BA (diagnostics.delta_inner): the cosine between
+    its first and last saved steps, and the mean cosine and relative distance of each step to their mean (a
+    trajectory of identical steps gives 1, 1 and 0)."""
+    from baselines.dnd.diagnostics import _factors, cosine, mean_state, rel_l2
+
+    states = [_load(p) for p in checkpoints]
+    factors = [_factors(s) for s in states]
+    mean = _factors(mean_state(states))
+    return {"steps": len(states), "first_last_cosine": cosine(factors[0], factors[-1]),
+            "cosine_to_mean": sum(cosine(f, mean) for f in factors) / len(factors),
+            "rel_l2_to_mean": sum(rel_l2(f, mean) for f in factors) / len(factors)}
+
+
+def own_task_scores(task: TaskHandle, model, tokenizer, adaptation, items: int, device) -> tuple[str, dict]:
+    """(metric, {doc_id: score}) of an adaptation on the first `items` of the seeded order of `task`'s eval items
+    (the order every cell draws from), scored by lm-eval as any cell is."""
+    from harness.evaluate import evaluate_adaptation
+
+    indices = task.eval_indices(min(items, len(task.eval_docs)), 0)
+    result = evaluate_adaptation(model, tokenizer, task, adaptation, indices, 16, device, count_flops=False)
+    metric = "acc" if "acc" in result.metrics else next(iter(result.metrics))
+    return metric, {s["doc_id"]: float(s[metric]) for s in result.samples}
+
+
+def library_check(task: TaskHandle, model, tokenizer, adapter_dir, items: int, device) -> dict:
+    """A library LoRA against base on `items` of its own task's eval items: accuracy ± stderr of each, and the
+    paired test of the difference (harness.stats)."""
+    import numpy as np
+
+    from harness import stats
+    from harness.strategy import Adaptation
+
+    scores = {}
+    for name, adaptation in (("base", Adaptation(kind="none")),
+                             ("lora", Adaptation(kind="adapter", adapter_dir=str(adapter_dir)))):
+        metric, scores[name] = own_task_scores(task, model, tokenizer, adaptation, items, device)
+    ids = sorted(scores["base"])
+    base = np.array([scores["base"][i] for i in ids])
+    lora = np.array([scores["lora"][i] for i in ids])
+    test = stats.paired_test(base, lora)
+    se = lambda x: float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")  # noqa: E731
+    return {"metric": metric, "n": len(ids), "base": float(base.mean()), "base_stderr": se(base),
+            "lora": float(lora.mean()), "lora_stderr": se(lora), "delta": test["delta"], "p": test["p"],
+            "test": test["test"], "beats_base": bool(test["delta"] > 0 and test["p"] < 0.05)}

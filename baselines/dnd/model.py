@@ -45,22 +45,26 @@ class ConditionProjection(nn.Module):
 
 
 class Generator(nn.Module):
-    """The trainable part of DnD: optional condition projection, then the decoder."""
+    """The trainable part of DnD: optional condition projection, then the decoder, plus (presets with
+    `mean_base`, not the paper's) a learned token tensor that starts at the library's mean tokens, so the decoder
+    learns each task's departure from the library rather than the tokens themselves."""
 
     def __init__(self, preset: GeneratorPreset) -> None:
         super().__init__()
         self.preset = preset
         self.projection = ConditionProjection(preset.prompt_tokens, preset.project_to) if preset.project_to else None
         self.decoder = HyperConvDecoder(preset)
+        self.base = nn.Parameter(torch.zeros(preset.n_tokens, *preset.token_shape)) if preset.mean_base else None
 
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
         if self.projection is not None:
             condition = self.projection(condition)
-        return self.decoder(condition)
+        out = self.decoder(condition)
+        return out + self.base if self.base is not None else out
 
     def flops(self) -> int:
         p = self.preset
         proj = 0
         if p.project_to:
             proj = 2 * p.n_prompts * p.encoder_dim * (p.prompt_tokens * p.project_to + p.project_to ** 2)
-        return proj + self.decoder.flops()
+        return proj + self.decoder.flops()  # matmuls and convolutions; additions (biases, `base`) are not counted

@@ -100,8 +100,11 @@ def loo_table(records) -> str | None:
         near_task = nearest[0]["details"].get("nearest_task") if nearest else None
         checks = [c["details"].get("reconstruction") for c in dnd if c["details"].get("reconstruction")]
         labels = sorted({x["label"] for x in checks})
+        recovered = [x["gain_recovered"] for x in checks if x.get("gain_recovered") is not None]
         generator = (f"{statistics.fmean(x['seen_cosine'] for x in checks):.3f} ({'/'.join(labels)})" if checks
                      else "— (not checked)")
+        if recovered:
+            generator += f"; gain recovered {statistics.fmean(recovered):.0%}"
         lines.append(
             f"| {model} | {task} | {variant} | {_fmt(values['base'])} | {_fmt(avg)} ({len(member_accs)}) "
             f"| {_fmt(values['best'])}{f' ({best_task})' if best_task else ''} | {_fmt(values['mean'])} "
@@ -114,6 +117,44 @@ def loo_table(records) -> str | None:
         diff = m["dnd"] - m["avg"] if m["avg"] is not None else None
         lines.append(f"| | **average** | | {_fmt(m['base'])} | {_fmt(m['avg'])} | {_fmt(m['best'])} | {_fmt(m['mean'])} "
                      f"| {_fmt(m['nearest'])} | {_fmt(m['dnd'])} | | {_fmt(diff, '+.3f')} | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def library_table(records) -> str | None:
+    """Each library LoRA the DnD cells used (one row per model, task and library entry): its own-task accuracy
+    against base with the paired test, whether it beats base, how far its saved trajectory moves; then, per model,
+    the cosine between the tasks' mean weight updates."""
+    cells = [c for c in _cells(records) if c["impl"] == "dnd"]
+    rows, pairs = {}, {}
+    for c in cells:
+        for task, check in (c["details"].get("library_checks") or {}).items():
+            rows[(c["model"], task, check.get("entry"))] = check
+        matrix = (c["details"].get("reconstruction") or {}).get("library_pairwise_cosine") or {}
+        for a, row in matrix.items():
+            for b, value in row.items():
+                pairs.setdefault(c["model"], {})[(a, b)] = value
+    if not rows:
+        return None
+    lines = ["| model | library task | entry | items | base | library LoRA | Δ | p (test) | beats base "
+             "| trajectory steps | first–last cos | cos to mean | rel. L2 to mean |", "|" + "---|" * 13]
+    for (model, task, entry), check in sorted(rows.items()):
+        own, traj = check.get("own_task"), check.get("trajectory") or {}
+        if own:
+            beats = "yes" if own["beats_base"] else "**no** (flagged)"
+            own_cells = (f"{own['n']} | {own['base']:.3f} ± {_fmt(own['base_stderr'])} | {own['lora']:.3f} ± "
+                         f"{_fmt(own['lora_stderr'])} | {own['delta']:+.3f} | {own['p']:.3g} ({own['test']}) | {beats}")
+        else:
+            own_cells = "— | — | — | — | — | not checked (collect.check_items=0)"
+        lines.append(f"| {model} | {task} | {entry} | {own_cells} | {traj.get('steps', '—')} "
+                     f"| {_fmt(traj.get('first_last_cosine'))} | {_fmt(traj.get('cosine_to_mean'))} "
+                     f"| {_fmt(traj.get('rel_l2_to_mean'))} |")
+    for model, values in sorted(pairs.items()):
+        names = sorted({a for a, _ in values} | {b for _, b in values})
+        lines += ["", f"Cosine between the library tasks' mean weight updates (dW = BA), {model}:", "",
+                  "| | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+        for a in names:
+            lines.append(f"| {a} | " + " | ".join("1" if a == b else _fmt(values.get((a, b)), ".2f") for b in names)
+                         + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -199,9 +240,18 @@ LOO_INTRO = ("Per held-out task: accuracy on the same eval items. Library LoRAs:
              "Generator: does it reproduce the tasks it trained on? The cosine between the weight update (dW = BA) "
              "of the LoRA it generates from prompts of each library task and that of the task's checkpoint mean, "
              "averaged over the library; `ok` at "
-             "0.9 or more, `collapsed` when it emits about the library mean for every task, else `underfit` "
+             "0.9 or more, `collapsed` when it emits about the library mean for every task, else `underfit`; "
+             "gain recovered: on the library tasks whose LoRA beats base on their own items, the share of that gain "
+             "the generated LoRAs reach there (sum of generated − base over sum of library LoRA − base) "
              "(the per-task rows, and held-back prompts of the same tasks, are in the generator's generator.json). "
              "A held-out result from a generator that is not `ok` says nothing about DnD.")
+LIBRARY_INTRO = ("The LoRAs DnD's generators learn from. Each library LoRA is scored on its own task's eval items "
+                 "against base (accuracy ± stderr, the paired test of the difference); one that does not beat base "
+                 "there (p < 0.05) is flagged: a generator cannot learn a useful adapter from it. Trajectory: the "
+                 "saved steps the generator trains on, compared as weight updates dW = BA: the cosine between the "
+                 "first and last, and each step's mean cosine and relative L2 distance to their mean (identical "
+                 "steps give 1, 1, 0). The matrix: how alike the tasks' mean LoRAs are (near 0: the generator must "
+                 "tell the tasks apart; near 1: one LoRA would serve them all).")
 SPEEDUP_INTRO = ("Wall-clock and FLOPs (measured) of adaptation on this machine. DnD generation is one encoder + "
                  "decoder pass; its one-off phases (collecting the LoRA library, training the generator) are shown "
                  "excluded, amortized over the targets that used them (counted from the records) and whole; the "

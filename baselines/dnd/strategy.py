@@ -95,13 +95,14 @@ class _LibraryStrategy(Strategy):
 
     def report_pages(self) -> list[ReportPage]:
         return [ReportPage("dnd_loo.md", "DnD leave-one-out", report.LOO_INTRO, report.loo_table),
+                ReportPage("dnd_library.md", "DnD library", report.LIBRARY_INTRO, report.library_table),
                 ReportPage("dnd_speedup.md", "DnD speedup", report.SPEEDUP_INTRO, report.speedup_table)]
 
     def list_pages(self) -> dict:
         return {"dnd-presets": print_presets}
 
-    def _meta(self, settings) -> MetaTrainSettings:
-        return self._settings(settings).meta_train
+    def _meta(self, settings, preset) -> MetaTrainSettings:
+        return self._settings(settings).meta_train.for_preset(preset)
 
     def _setup(self, ctx: AdaptContext):
         s = ctx.settings
@@ -111,7 +112,7 @@ class _LibraryStrategy(Strategy):
                                f"(harness list dnd-presets)")
         preset = get_preset(str(name))
         collect = self._settings(s).collect.for_preset(preset)
-        shapes = shapes_of_model(ctx.model, collect.rank)
+        shapes = shapes_of_model(ctx.model, collect.rank, preset.targets)
         try:
             tok = LoraTokenizer(shapes, collect.rank, preset.width)
         except HarnessError:  # the preset's width does not divide this model's sides: name the layout it needs
@@ -183,15 +184,35 @@ def _target_prompts(ctx: AdaptContext, n: int) -> tuple[list[str], list[int]]:
         raise HarnessError(f"task {ctx.task.name}: its adaptation pool has {len(pool)} prompts, the generator "
                            f"preset needs {n}")
     rows = sorted(torch.randperm(len(pool), generator=torch.Generator().manual_seed(ctx.seed))[:n].tolist())
-    return [ctx.task.unlabeled_prompt(pool[i]) for i in rows], rows
+    return [ctx.task.prompt_with_options(pool[i]) for i in rows], rows
+
+
+def _seen_task_scorer(ctx: AdaptContext, tasks: dict, template: Path, items: int):
+    """score(task, state) for the seen-task check: a generated LoRA on `items` of the library task's own eval items
+    (the ones its library LoRA was checked on); None when the library is not checked (collect.check_items=0)."""
+    if not items:
+        return None
+    import tempfile
+
+    from baselines.dnd.library import own_task_scores
+
+    def score(task: str, state: dict) -> dict:
+        with tempfile.TemporaryDirectory() as tmp:
+            adapter = write_adapter(state, template, Path(tmp) / "adapter")
+            _, values = own_task_scores(tasks[task], ctx.model, ctx.tokenizer,
+                                        Adaptation(kind="adapter", adapter_dir=str(adapter)), items, ctx.device)
+        return values
+
+    return score
 
 
 def _summary(diagnostic: dict | None) -> dict | None:
     """The generator's seen-task reconstruction, without the per-task rows (those stay in generator.json)."""
     if not diagnostic:
         return None
-    return {k: diagnostic[k] for k in ("label", "seen_cosine", "held_back_cosine", "cosine_to_library_mean",
-                                       "distinct", "thresholds")}
+    return {k: diagnostic.get(k) for k in ("label", "seen_cosine", "held_back_cosine", "cosine_to_library_mean",
+                                           "distinct", "thresholds", "library_pairwise_cosine", "accuracy",
+                                           "gain_recovered", "gain_recovered_over")}
 
 
 class DragAndDrop(_LibraryStrategy):
@@ -203,7 +224,7 @@ class DragAndDrop(_LibraryStrategy):
         preset, collect, tok, names = self._setup(ctx)
         encoder = load_encoder(str(s.encoder), "cpu" if ctx.device.type != "cuda" else str(ctx.device))
         tasks = {name: task_handle(name) for name in names}
-        meta = self._meta(s)
+        meta = self._meta(s, preset)
         per_query, n_lora = self._serving(ctx, collect)
         # Before any compute: does this target's share of the library and the generator fit the budget?
         plan = self._planned_library(ctx, collect, names, tasks)
@@ -219,7 +240,8 @@ class DragAndDrop(_LibraryStrategy):
 
         entries, costs = self._library(ctx, collect, names, tasks)
         trained, reused = meta_train(preset, encoder, entries, tasks, tok, meta, int(s.bank),
-                                     ctx.shared_dir, ctx.device, ctx.progress, say=say)
+                                     ctx.shared_dir, ctx.device, ctx.progress, say=say,
+                                     score=_seen_task_scorer(ctx, tasks, entries[0].adapter, collect.check_items))
         train_cost = trained.cost
         train_cost.shared_by = shared_by(s, ctx.task.name, names)
         train_cost.artifact = f"dnd-generator/{trained.key[:16]}"
@@ -241,6 +263,8 @@ class DragAndDrop(_LibraryStrategy):
                      "meta_train_loss": {"first": train_cost.details.get("first_loss"),
                                          "final": train_cost.details.get("final_loss")},
                      "collapse": collapse(state, entries),
+                     # each library LoRA on its own task vs base, and how far its trajectory moves
+                     "library_checks": {e.task: {"entry": e.key[:16], **e.checks} for e in entries},
                      # does the generator reproduce the tasks it trained on? (diagnostics.reconstruction)
                      "reconstruction": _summary(trained.info.get("reconstruction"))})
 

@@ -140,14 +140,18 @@ def _order(key: str):
 
 
 def lora_shapes(n_layers: int, hidden: int, intermediate: int, kv_dim: int, rank: int,
-                prefix: str = "base_model.model.model.layers") -> dict[str, tuple[int, int]]:
-    """peft state-dict shapes of a LoRA on every projection of a Llama/Qwen-style decoder."""
+                prefix: str = "base_model.model.model.layers",
+                targets=MODULE_ORDER) -> dict[str, tuple[int, int]]:
+    """peft state-dict shapes of a LoRA on the `targets` projections (all by default) of a Llama/Qwen-style
+    decoder."""
     dims = {"q_proj": (hidden, hidden), "k_proj": (hidden, kv_dim), "v_proj": (hidden, kv_dim),
             "o_proj": (hidden, hidden), "up_proj": (hidden, intermediate), "gate_proj": (hidden, intermediate),
             "down_proj": (intermediate, hidden)}
     shapes = {}
     for layer in range(n_layers):
         for module, (d_in, d_out) in dims.items():
+            if module not in targets:
+                continue
             part = "self_attn" if module in MODULE_ORDER[:4] else "mlp"
             shapes[f"{prefix}.{layer}.{part}.{module}.lora_A.weight"] = (rank, d_in)
             shapes[f"{prefix}.{layer}.{part}.{module}.lora_B.weight"] = (d_out, rank)

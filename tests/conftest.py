@@ -25,6 +25,27 @@ def compose(*overrides: str):
     return compose_config(list(overrides))
 
 
+def write_library(root, trajectories: dict):
+    """DnD library entries on disk from {task: [state dict per saved step]} (built rather than trained), as
+    `LibraryEntry`s whose final adapter is the last step."""
+    from safetensors.torch import save_file
+
+    from baselines.dnd.library import LibraryEntry
+    from harness.costs import PhaseCost
+
+    entries = []
+    for task, states in trajectories.items():
+        paths = []
+        for c, state in enumerate(states):
+            path = Path(root) / task / f"step_{c}"
+            path.mkdir(parents=True)
+            save_file(state, str(path / "adapter_model.safetensors"))
+            paths.append(path)
+        entries.append(LibraryEntry(task, f"key-{task}", Path(root) / task, paths, paths[-1],
+                                    PhaseCost(phase="collect", device="cpu")))
+    return entries
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """The tiny random model (fresh weights each call would be slow: share one, never mutate it)."""

@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 import torch
-from conftest import compose, needs_data
+from conftest import compose, needs_data, write_library
 
 from harness.errors import HarnessError
 
@@ -356,29 +356,17 @@ def test_library_check_flags_a_lora_that_does_not_beat_base(fresh_tiny, tmp_path
 def _synthetic_library(root, tasks, checkpoints=4):
     """Two tasks' LoRA trajectories on tiny-random's layout, built rather than trained: one shared A (as
     `collect.init: shared` gives), each task its own random B drifting a little step to step."""
-    from safetensors.torch import save_file
-
-    from baselines.dnd.library import LibraryEntry
     from baselines.dnd.tokenizer import lora_shapes
-    from harness.costs import PhaseCost
 
     shapes = lora_shapes(n_layers=2, hidden=64, intermediate=128, kv_dim=32, rank=8)
     g = torch.Generator().manual_seed(0)
     shared_a = {k: torch.randn(s, generator=g) * 0.1 for k, s in shapes.items() if ".lora_A." in k}
-    entries = []
+    trajectories = {}
     for task in tasks:
         b = {k: torch.randn(s, generator=g) * 0.01 for k, s in shapes.items() if ".lora_B." in k}
-        paths = []
-        for c in range(checkpoints):
-            state = {**shared_a, **{k: v * (1 + 0.05 * c) + 0.002 * torch.randn(v.shape, generator=g)
-                                    for k, v in b.items()}}
-            path = root / task / f"step_{c}"
-            path.mkdir(parents=True)
-            save_file(state, str(path / "adapter_model.safetensors"))
-            paths.append(path)
-        entries.append(LibraryEntry(task, f"synthetic-{task}", root / task, paths, paths[-1],
-                                    PhaseCost(phase="collect", device="cpu")))
-    return entries, shapes
+        trajectories[task] = [{**shared_a, **{k: v * (1 + 0.05 * c) + 0.002 * torch.randn(v.shape, generator=g)
+                                              for k, v in b.items()}} for c in range(checkpoints)]
+    return write_library(root, trajectories), shapes
 
 
 @needs_data

@@ -345,26 +345,15 @@ def test_an_explicit_collect_rank_that_differs_from_the_preset_is_refused():
 
 def _library(tmp_path, tasks=("arc", "obqa"), checkpoints=3):
     """Library entries on disk: per task its own A (like per-task seeds) and a B that drifts step to step."""
-    from safetensors.torch import save_file
-
-    from baselines.dnd.library import LibraryEntry
-    from harness.costs import PhaseCost
+    from conftest import write_library
 
     shapes = lora_shapes(**TINY, rank=8)
-    entries = []
+    trajectories = {}
     for t, task in enumerate(tasks):
         base = _lora_state(shapes, seed=10 * t + 1)
-        paths = []
-        for c in range(checkpoints):
-            state = {k: v + (0.1 * c * torch.ones_like(v) * v.abs().mean() if ".lora_B." in k else 0)
-                     for k, v in base.items()}
-            path = tmp_path / task / f"step_{c}"
-            path.mkdir(parents=True)
-            save_file(state, str(path / "adapter_model.safetensors"))
-            paths.append(path)
-        entries.append(LibraryEntry(task, f"key-{task}", tmp_path / task, paths, paths[-1],
-                                    PhaseCost(phase="collect", device="cpu")))
-    return entries
+        trajectories[task] = [{k: v + (0.1 * c * torch.ones_like(v) * v.abs().mean() if ".lora_B." in k else 0)
+                               for k, v in base.items()} for c in range(checkpoints)]
+    return write_library(tmp_path, trajectories)
 
 
 def test_reconstruction_labels_ok_collapsed_and_underfit(tmp_path):

@@ -508,3 +508,27 @@ def test_seen_task_accuracy_counts_the_gain_of_library_loras_that_beat_base_only
     assert out["gain_recovered"] == pytest.approx((0.25 + 0.5) / (0.75 + 0.5))  # 0.6
     assert out["gain_recovered_over"] == ["arc", "obqa"]
     assert seen_task_accuracy({"piqa": scores["piqa"]}, entries[2:])["gain_recovered"] is None
+
+
+def test_an_edited_recipe_makes_new_cells(tmp_path, monkeypatch):
+    """A recipe fills the cell's null settings from outside its config, so its content keys the cell (the
+    strategy's fingerprint, part of every cell key): an edited recipe is a new cell, for DnD and its controls,
+    never a finished cell skipped for settings it did not run with."""
+    import shutil
+
+    import baselines.dnd.library as library
+    from conftest import compose
+    from harness.strategy import get_strategy
+
+    cfg = compose("model=tiny-random", "strategy=dnd").strategy
+    original = get_strategy("dnd").fingerprint(cfg)
+    copy = tmp_path / "dnd_recipe"
+    shutil.copytree(library.RECIPE_DIR, copy)
+    monkeypatch.setattr(library, "RECIPE_DIR", copy)
+    assert get_strategy("dnd").fingerprint(cfg) == original  # same files, same digest
+    path = copy / "tiny-random.yaml"
+    path.write_text(path.read_text().replace("steps: 200", "steps: 201"))
+    assert library.recipe("tiny-random")["meta_train"]["steps"] == 201
+    edited = get_strategy("dnd").fingerprint(cfg)
+    assert edited != original
+    assert get_strategy("dnd_control").fingerprint(compose("strategy=dnd_mean").strategy) == edited

@@ -51,6 +51,16 @@ def recipe(preset_name: str) -> dict:
     return data
 
 
+def recipes_digest() -> str:
+    """sha256 over every recipe file (name and bytes). A cell's DnD settings are its config plus the recipe of
+    the preset it resolves to, which may come from the model config; keying the cell by all recipes means an
+    edited recipe never leaves a finished cell standing for settings it did not run with."""
+    digest = hashlib.sha256()
+    for path in sorted(RECIPE_DIR.glob("*.yaml")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def fill_from_recipe(settings, preset_name: str, group: str):
     """`settings` (a collect or meta_train group) with its null recipe keys taken from the preset's recipe."""
     from dataclasses import replace

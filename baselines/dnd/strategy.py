@@ -19,7 +19,7 @@ from baselines.dnd.encoder import load_encoder
 from baselines.dnd.generator import (cached_cost, generate_tokens, generator_key, meta_train, predict_generate_flops,
                                      predict_meta_train_flops, write_adapter)
 from baselines.dnd.library import (CollectSettings, cached_entry, collect_entry, entry_key, predict_collect_flops,
-                                   task_handle)
+                                   recipes_digest, task_handle)
 from baselines.dnd.tokenizer import LoraTokenizer, default_width, shapes_of_model
 from harness.budget import BudgetUse, check_one_off_fits, one_off_share
 from harness.console import say
@@ -85,6 +85,11 @@ class _LibraryStrategy(Strategy):
             if dataset_identity(OmegaConf.load(path)) == target:
                 raise HarnessError(f"DnD library task {name} reads the target's dataset {'/'.join(map(str, target))} "
                                    f"(leakage): remove it from strategy.library")
+
+    def fingerprint(self, settings) -> str:
+        """The recipes (configs/dnd_recipe/) that fill dnd.yaml's null collect and meta_train keys are inputs
+        outside the config: their digest keys the cell, so editing a recipe makes new cells."""
+        return recipes_digest()
 
     def reads_tasks(self, cfg) -> list[str]:
         """The library tasks whose data the adaptation learns from (their fingerprints key the cell)."""

@@ -277,13 +277,16 @@ def trajectory_spread(checkpoints: list[Path]) -> dict:
 
 
 def own_task_scores(task: TaskHandle, model, tokenizer, adaptation, items: int, device) -> tuple[str, dict]:
-    """(metric, {doc_id: score}) of an adaptation on the first `items` of the seeded order of `task`'s eval items
-    (the order every cell draws from), scored by lm-eval as any cell is."""
+    """(metric, {doc_id: score}) of an adaptation on `items` of `task`'s eval items drawn with seed 0 (the same
+    items for a library LoRA, base and every generated LoRA checked on that task; not necessarily the items a
+    cell scores, which `eval.subset_seed` draws), scored by lm-eval as any cell is. The metric is `acc` where the
+    task has it, else its first."""
     from harness.evaluate import evaluate_adaptation
 
     indices = task.eval_indices(min(items, len(task.eval_docs)), 0)
     result = evaluate_adaptation(model, tokenizer, task, adaptation, indices, 16, device, count_flops=False)
-    metric = "acc" if "acc" in result.metrics else next(iter(result.metrics))
+    names = [m for m in result.metrics if not m.endswith("_stderr")]
+    metric = "acc" if "acc" in names else names[0]
     return metric, {s["doc_id"]: float(s[metric]) for s in result.samples}
 
 

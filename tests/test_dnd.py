@@ -95,7 +95,7 @@ def test_every_generator_is_checked_on_the_tasks_it_trained_on(first, tmp_path):
     checks = record["adaptation"]["details"]["library_checks"]
     for task, row in summary["accuracy"].items():
         own = checks[task]["own_task"]
-        assert row["n"] == own["n"] == 8 and 0 <= row["generated"] <= 1
+        assert row["n"] == own["n"] == 8 and 0 <= row["generated"] <= 1 and 0 <= row["library_mean"] <= 1
         assert (row["library_lora"], row["base"]) == (own["lora"], own["base"])
     beating = [t for t in checks if checks[t]["own_task"]["beats_base"]]
     assert summary["gain_recovered_over"] == sorted(beating)

@@ -502,9 +502,12 @@ def test_seen_task_accuracy_counts_the_gain_of_library_loras_that_beat_base_only
     scores = {"arc": {0: 1.0, 1: 1.0, 2: 0.0, 3: 0.0},  # 0.5: gains 0.25 of the library's 0.75
               "obqa": {0: 1.0, 1: 1.0, 2: 0.0, 3: 0.0},  # 0.5: all of the library's 0.5
               "piqa": {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.0}}
-    out = seen_task_accuracy(scores, entries)
-    assert out["accuracy"]["arc"] == {"generated": 0.5, "n": 4, "library_lora": 1.0, "base": 0.25,
-                                      "library_beats_base": True}
+    means = {"arc": {0: 1.0, 1: 0.0, 2: 0.0, 3: 0.0}, "obqa": {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.0},
+             "piqa": {0: 1.0, 1: 1.0, 2: 1.0, 3: 0.0}}  # the library mean's scores: 0.25, 0, 0.75
+    out = seen_task_accuracy(scores, entries, means)
+    assert out["accuracy"]["arc"] == {"generated": 0.5, "n": 4, "library_mean": 0.25, "library_lora": 1.0,
+                                      "base": 0.25, "library_beats_base": True}
+    assert out["accuracy"]["piqa"]["library_mean"] == 0.75 and out["accuracy"]["obqa"]["library_mean"] == 0.0
     assert out["gain_recovered"] == pytest.approx((0.25 + 0.5) / (0.75 + 0.5))  # 0.6
     assert out["gain_recovered_over"] == ["arc", "obqa"]
     assert seen_task_accuracy({"piqa": scores["piqa"]}, entries[2:])["gain_recovered"] is None

@@ -236,22 +236,31 @@ def seen_task_reconstruction(gen: Generator, preset: GeneratorPreset, encoder: C
 
     out = reconstruction(generate, entries, seen, held)
     if score is not None:
-        say(f"dnd meta_train: scoring the generator's adapters on its {len(entries)} library tasks' own items")
-        out.update(seen_task_accuracy({e.task: score(e.task, generate(seen[e.task])) for e in entries}, entries))
+        from baselines.dnd.diagnostics import mean_state
+
+        say(f"dnd meta_train: scoring the generator's adapters and the library mean on its {len(entries)} library "
+            f"tasks' own items")
+        library_mean = mean_state([e.state(p) for e in entries for p in e.checkpoints])  # what dnd_mean serves
+        out.update(seen_task_accuracy({e.task: score(e.task, generate(seen[e.task])) for e in entries}, entries,
+                                      {e.task: score(e.task, library_mean) for e in entries}))
     out["wall_s"] = round(time.perf_counter() - start, 3)
     return out
 
 
-def seen_task_accuracy(scores: dict[str, dict], entries: list[LibraryEntry]) -> dict:
+def seen_task_accuracy(scores: dict[str, dict], entries: list[LibraryEntry], mean_scores: dict | None = None) -> dict:
     """Per library task, the generated LoRA's accuracy (`scores[task]`: {doc_id: score}) beside the library LoRA's
-    and base's on the same items (the entry's own-task check), and over the tasks whose library LoRA beats base the
-    share of the library's gain the generated LoRAs recover: sum(generated - base) / sum(library - base)."""
+    and base's on the same items (the entry's own-task check) and the library mean's (`mean_scores`, the parameter
+    mean of every library checkpoint), and over the tasks whose library LoRA beats base the share of the library's
+    gain the generated LoRAs recover: sum(generated - base) / sum(library - base)."""
     rows, gained, gain = {}, 0.0, 0.0
+    mean_of = lambda values: sum(values.values()) / max(len(values), 1)  # noqa: E731
     for e in entries:
         own = e.checks.get("own_task")
         values = scores[e.task]
-        acc = sum(values.values()) / max(len(values), 1)
+        acc = mean_of(values)
         row = {"generated": acc, "n": len(values)}
+        if mean_scores is not None:
+            row["library_mean"] = mean_of(mean_scores[e.task])
         if own and own["n"] == len(values):
             row.update(library_lora=own["lora"], base=own["base"], library_beats_base=own["beats_base"])
             if own["beats_base"]:

@@ -65,7 +65,7 @@ def rel_l2(x: dict, target: dict) -> float:
 
 
 def reconstruction(generate, entries: list[LibraryEntry], seen: dict[str, list[str]],
-                   held: dict[str, list[str]]) -> dict:
+                   held: dict[str, list[str]], targets: dict[str, dict] | None = None) -> dict:
     """Does a generator reproduce the tasks it was trained on? `generate(prompts)` is its LoRA state for a batch of
     prompts; `seen[task]` are prompts it trained on, `held[task]` pool prompts of the same task it never saw.
 
@@ -75,11 +75,12 @@ def reconstruction(generate, entries: list[LibraryEntry], seen: dict[str, list[s
     B averaged separately, what a generator trained by MSE on the task's checkpoints converges to), and its
     cosine to the library mean's dW; across tasks: how far apart the generated dWs lie relative to how far apart
     the tasks' do (`distinct`, 1 when the generator separates tasks as the library does, 0 when it emits one
-    LoRA for all). Label: `collapsed` (outputs about the library mean for every task: `distinct` below DISTINCT
+    LoRA for all). `targets[task]`, when given, replaces the checkpoint mean as what each task's output is compared
+    with (T2L reconstructs each task's final LoRA). Label: `collapsed` (outputs about the library mean for every task: `distinct` below DISTINCT
     and cosine to the library mean at least RECONSTRUCTS), else `ok` (mean seen-task cosine at least
     RECONSTRUCTS), else `underfit`.
     """
-    task_means = {e.task: mean_state([e.state(p) for p in e.checkpoints]) for e in entries}  # read once
+    task_means = targets or {e.task: mean_state([e.state(p) for p in e.checkpoints]) for e in entries}  # read once
     means = {task: _factors(state) for task, state in task_means.items()}
     library_mean = _factors(mean_state(list(task_means.values())))
 

@@ -174,7 +174,8 @@ def task_handle(name: str) -> TaskHandle:
 
 
 def entry_key(model_cfg: dict, task: TaskHandle, settings: CollectSettings) -> str:
-    model_cfg = {k: v for k, v in model_cfg.items() if k != "dnd_preset"}  # which generator reads it is not the LoRA's identity
+    # which generator or hypernetwork reads the LoRA is not its identity
+    model_cfg = {k: v for k, v in model_cfg.items() if k not in ("dnd_preset", "t2l_preset")}
     identity = {"model": model_cfg, "task": task.name, "lm_eval_task": task.lm_eval_name,
                 "data": task.pool_info.fingerprints, "collect": asdict(settings),
                 "environment": provenance.environment(model_cfg)}  # code, package versions, the model's weights

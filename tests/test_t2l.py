@@ -1,0 +1,171 @@
+"""Text-to-LoRA end to end on tiny-random: training by reconstruction and by SFT, the strategy on DnD's library,
+its controls on the description, and its errors."""
+import json
+
+import pytest
+import torch
+from conftest import compose, needs_data, write_library
+
+from harness.errors import HarnessError
+
+LIBRARY = "strategy.library=[arc_challenge,openbookqa]"
+SMALL = ["model=tiny-random", "task=arc_easy", "eval.limit=8", "budget=flops_3e12", "progress=false", LIBRARY,
+         "strategy.collect.steps=4", "strategy.collect.checkpoints=3", "strategy.collect.check_items=8",
+         "strategy.hypernet.steps=30", "strategy.hypernet.log_every=1"]
+
+
+def _settings(variant, mode, steps, lr, tasks=2):
+    from baselines.t2l.config import HypernetSettings
+
+    return HypernetSettings(None, variant, mode, steps, tasks, lr, 0.0, 0.1, 1.0, 0, 10)
+
+
+@needs_data
+def test_recon_reconstructs_the_seen_tasks_and_one_step_does_not(tmp_path):
+    """L trained by reconstruction on two tasks' LoRAs (DnD's synthetic library: one shared A, a random B per task)
+    emits, from a training description of each task, a LoRA whose weight update has cosine >= 0.99 with that task's
+    LoRA, also from its held-out evaluation description, keeps the tasks apart, and is labelled `ok`; the loss falls
+    tenfold. After one step it emits z-scores near 0, i.e. the library mean for every task: `collapsed`."""
+    from test_dnd import _synthetic_library
+
+    from baselines.t2l.config import get_preset
+    from baselines.t2l.descriptions import DescriptionEncoder
+    from baselines.t2l.hypernet import meta_train
+    from baselines.t2l.strategy import _reconstruction
+
+    entries, _ = _synthetic_library(tmp_path / "library", ["arc_easy", "boolq"])
+    keys = sorted(entries[0].state())
+    encoder = DescriptionEncoder("all-MiniLM-L6-v2", torch.device("cpu"))
+
+    def trained(settings, root):
+        net, reused = meta_train(get_preset("tiny-random"), settings, encoder, entries, root, torch.device("cpu"),
+                                 progress=False, say=lambda *_: None,
+                                 diagnose=lambda t: _reconstruction(t, encoder, entries, keys, None))
+        assert not reused
+        return net
+
+    done = trained(_settings("L", "recon", 200, 5e-3), tmp_path / "long")
+    check = done.info["reconstruction"]
+    assert check["label"] == "ok" and check["distinct"] > 0.9, check
+    assert all(r["seen"]["cosine"] >= 0.99 and r["held_back"]["cosine"] >= 0.99 for r in check["tasks"].values())
+    assert done.cost.details["final_loss"] < done.cost.details["first_loss"] / 10
+    assert done.cost.phase == "meta_train" and done.cost.flops_measured > 0
+    once = trained(_settings("L", "recon", 1, 5e-3), tmp_path / "once")
+    assert once.info["reconstruction"]["label"] == "collapsed"
+    assert once.info["reconstruction"]["cosine_to_library_mean"] > 0.99
+
+
+@needs_data
+def test_sft_learns_task_conditional_adapters(tmp_path, fresh_tiny):
+    """Two synthetic tasks with the same prompts and different answers, told apart only by their descriptions: after
+    SFT through the frozen tiny model, the LoRA generated from each task's description gives a lower loss on its own
+    task than on the other, by a clear margin (the description matters)."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    from baselines.t2l import descriptions as desc
+    from baselines.t2l.config import HypernetPreset, get_preset
+    from baselines.t2l.hypernet import SftData, join_state, meta_train
+    from baselines.t2l.model import LoraShape
+    from harness.trainer import LoraSettings, _collate, encode_example
+
+    model, tok = fresh_tiny.model, fresh_tiny.tokenizer
+    prompts = [f"Item {i}: the answer is" for i in range(20)]
+    examples = {"arc_easy": [(p, " red red red") for p in prompts], "boolq": [(p, " blue blue blue") for p in prompts]}
+    lora = LoraSettings(rank=8, alpha=16, dropout=0.0, target_modules=("q_proj", "v_proj"), lr=1e-3, warmup_frac=0.0,
+                        schedule="constant", weight_decay=0.0, batch_size=1, max_length=64, max_steps=None,
+                        checkpoint_every=0, checkpoint_start=0)
+    tiny = get_preset("tiny-random")
+    preset = HypernetPreset("tiny-qv", tiny.latent, tiny.head_in,
+                            LoraShape(2, 8, tuple(m for m in tiny.shape.modules if m[0] in ("q_proj", "v_proj"))))
+    entries = write_library(tmp_path / "library", {t: [{}] for t in examples})  # sft reads only the task names
+    encoder = desc.DescriptionEncoder("all-MiniLM-L6-v2", torch.device("cpu"))
+    trained, _ = meta_train(preset, _settings("L", "sft", 60, 1e-2), encoder, entries, tmp_path / "h",
+                            torch.device("cpu"), progress=False, say=lambda *_: None,
+                            sft=SftData(model, tok, examples, lora))
+    assert not any("lora_" in n for n, _ in model.named_parameters())  # the base model is given back unwrapped
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                  lora_dropout=0.0))
+    keys = [n.replace(".default", "") for n, _ in peft_model.named_parameters() if "lora_" in n]
+
+    def loss(state, task):
+        set_peft_model_state_dict(peft_model, state)
+        batch = _collate([encode_example(tok, p, c, 64) for p, c in examples[task]], tok.eos_token_id)
+        with torch.no_grad():
+            return float(peft_model(**batch).loss)
+
+    try:
+        for own, other in (("arc_easy", "boolq"), ("boolq", "arc_easy")):
+            emb, _ = encoder.embed([desc.load(own).train[0]])
+            state = join_state(trained.lora(emb[0]), keys)
+            assert loss(state, own) < loss(state, other) - 0.3
+    finally:
+        peft_model.unload()
+    assert trained.cost.details["final_loss"] < trained.cost.details["first_loss"]
+
+
+def _run(runs, *overrides, strategy="t2l"):
+    from harness.runner import run_cell
+
+    folder = run_cell(compose(*SMALL, f"strategy={strategy}", f"runs_dir={runs}", *overrides))
+    return folder, json.loads((folder / "record.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("t2l_runs")
+
+
+@needs_data
+def test_t2l_cell_end_to_end_on_dnds_library(runs, fresh_tiny):
+    """A t2l cell: DnD's library (two LoRAs, cached under the same keys DnD uses), the hypernetwork's meta_train, one
+    generated peft adapter scored like any other; seeds are the three evaluation descriptions; the controls read
+    other tasks' descriptions or random letters; a second cell reuses the library and the hypernetwork."""
+    from peft import PeftModel
+
+    from baselines.t2l import descriptions as desc
+
+    folder, record = _run(runs)
+    adaptation = record["adaptation"]
+    details = adaptation["details"]
+    assert adaptation["kind"] == "adapter" and adaptation["labels_used"] == 0
+    assert [c["phase"] for c in record["costs"]] == ["collect", "collect", "meta_train", "generate", "inference"]
+    assert details["description"] == desc.load("arc_easy").eval[0] and details["description_source"].startswith(
+        "aligned: arc_easy eval #0")
+    assert details["reconstruction"]["label"] in ("ok", "underfit", "collapsed")
+    assert set(details["reconstruction"]["accuracy"]) == {"arc_challenge", "openbookqa"}
+    model = PeftModel.from_pretrained(fresh_tiny.model, adaptation["adapter_dir"])
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert len(lora) == 2 * 7 * 2 and all(torch.isfinite(p).all() for p in lora.values())
+    assert 0 <= record["metrics"]["acc"] <= 1 and record["metrics"]["n"] == 8
+    meta = next(c for c in record["costs"] if c["phase"] == "meta_train")
+    assert meta["shared_by"] == 1 and meta["flops_measured"] > 0
+
+    _, second = _run(runs, "seed=1")
+    reused = {c["phase"]: c["details"].get("reused") for c in second["costs"] if c["phase"] in ("collect",
+                                                                                             "meta_train")}
+    assert reused == {"collect": True, "meta_train": True}
+    assert second["adaptation"]["details"]["description"] == desc.load("arc_easy").eval[1]
+    _, unaligned = _run(runs, "strategy.descriptions=unaligned")
+    text = unaligned["adaptation"]["details"]["description"]
+    assert any(text in desc.load(t).eval for t in ("arc_challenge", "openbookqa"))
+    _, custom = _run(runs, "strategy.description='Pick the right answer to a science question.'")
+    assert custom["adaptation"]["details"]["description_source"] == "custom"
+    assert custom["adaptation"]["variant"] == "custom description"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["strategy.library=[arc_easy,openbookqa]"], "leakage"),
+    (["strategy.hypernet.preset=smollm2"], "set strategy.hypernet.preset to tiny-random$"),
+    (["strategy.hypernet.variant=XL"], "variant must be one of L, M, S"),
+    (["strategy.description=' '"], "strategy.description is empty"),
+    (["strategy.descriptions=matching"], "strategy.descriptions must be one of aligned, unaligned, random"),
+])
+@needs_data
+def test_bad_input_is_one_line_error_before_any_compute(tmp_path, overrides, message):
+    from harness.runner import run_cell
+
+    cfg = compose(*SMALL, "strategy=t2l", f"runs_dir={tmp_path}", *overrides)
+    with pytest.raises(HarnessError, match=message) as err:
+        run_cell(cfg)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "tiny-random" / "_shared").exists()

@@ -106,7 +106,8 @@ def test_sft_learns_task_conditional_adapters(tmp_path, fresh_tiny):
 def _run(runs, *overrides, strategy="t2l"):
     from harness.runner import run_cell
 
-    folder = run_cell(compose(*SMALL, f"strategy={strategy}", f"runs_dir={runs}", *overrides))
+    settings = SMALL if strategy.startswith("t2l") else SMALL[:5]  # base takes no library keys
+    folder = run_cell(compose(*settings, f"strategy={strategy}", f"runs_dir={runs}", *overrides))
     return folder, json.loads((folder / "record.json").read_text())
 
 
@@ -151,6 +152,20 @@ def test_t2l_cell_end_to_end_on_dnds_library(runs, fresh_tiny):
     _, custom = _run(runs, "strategy.description='Pick the right answer to a science question.'")
     assert custom["adaptation"]["details"]["description_source"] == "custom"
     assert custom["adaptation"]["variant"] == "custom description"
+
+    # the report's held-out page: one row per T2L configuration, beside base, with the paired test against it
+    from harness import report
+
+    _, base = _run(runs, strategy="base")
+    out = runs / "report"
+    report.build(out, runs_dir=runs)
+    rows = [line for line in (out / "t2l_loo.md").read_text().splitlines() if "| arc_easy |" in line]
+    assert len(rows) == 3  # aligned (two descriptions), unaligned, custom
+    aligned = [c.strip() for c in next(r for r in rows if "M, recon, aligned" in r).strip("|").split("|")]
+    mean = (record["metrics"]["acc"] + second["metrics"]["acc"]) / 2
+    assert aligned[3] == f"{base['metrics']['acc']:.3f}" and aligned[7].startswith(f"{mean:.3f} ± ")
+    assert aligned[8] == "2" and aligned[9].startswith(f"{mean - base['metrics']['acc']:+.3f} (")
+    assert aligned[11].endswith(f"({details['reconstruction']['label']})") or "gain recovered" in aligned[11]
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -18,6 +18,7 @@ from baselines.dnd.generator import write_adapter
 from baselines.dnd.library import entry_key, recipes_digest, task_handle
 from baselines.dnd.strategy import _LibraryStrategy, _seen_task_scorer, library_tasks, shared_by
 from baselines.t2l import descriptions as desc
+from baselines.t2l import report
 from baselines.t2l.config import T2LSettings, get_preset, presets_fitting, print_presets, shape_of_model
 from baselines.t2l.hypernet import (SftData, build_net, cached_cost, hypernet_key, join_state, meta_train,
                                     predict_meta_train_flops)
@@ -53,7 +54,7 @@ class TextToLoRA(_LibraryStrategy):
         return ("collect", "meta_train")
 
     def report_pages(self) -> list[ReportPage]:
-        return []
+        return [ReportPage("t2l_loo.md", "Text-to-LoRA held-out", report.INTRO, report.t2l_table)]
 
     def list_pages(self) -> dict:
         return {"t2l-presets": print_presets}

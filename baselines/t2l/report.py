@@ -1,0 +1,76 @@
+"""T2L's report page: the held-out table of the two prompt-to-weights methods on one library.
+
+Per held-out task and T2L configuration: T2L's generated adapters (mean ± std over its descriptions: the three
+evaluation descriptions, or a control's strings) beside base, the library LoRAs' average (`dnd_member`), the
+library mean and DnD (when their cells are in the same runs folder, same model, task and budget), the paired test
+of T2L against base (per-item scores averaged over descriptions first), and the hypernetwork's seen-task check.
+"""
+from __future__ import annotations
+
+import statistics
+
+from baselines.dnd.report import _cells, _fmt
+
+INTRO = ("Text-to-LoRA on held-out tasks, beside base, the library it learned from and DnD (same library). "
+         "T2L: mean ± std over the adapters of its descriptions (`aligned`: the target's three evaluation "
+         "descriptions, never trained on; `unaligned`: other tasks' descriptions; `random`: random letters). "
+         "T2L − base: per-item scores averaged over descriptions, then the paired test of the harness (McNemar "
+         "for 0/1 items). Hypernetwork: its seen-task check (cosine of the weight update generated from a "
+         "training description with the task's library LoRA; label ok / underfit / collapsed; the share of the "
+         "library LoRAs' gain over base it recovers on their own items).")
+
+
+def _paired(base_cells, cells) -> tuple[float | None, float | None]:
+    """(mean difference, p) of `cells` (descriptions averaged per item) against base on their shared items."""
+    import numpy as np
+
+    from harness import stats
+    from harness.report import item_scores
+    from harness.store import read_samples
+
+    if not base_cells or not cells:
+        return None, None
+    per = [item_scores(read_samples(c["folder"]), c["metric"]) for c in [base_cells[0], *cells]]
+    ids, matrix = stats.item_matrix(per)
+    if not ids:
+        return None, None
+    test = stats.paired_test(np.asarray(matrix[:, 0]), np.asarray(matrix[:, 1:].mean(axis=1)))
+    return test["delta"], test["p"]
+
+
+def t2l_table(records) -> str | None:
+    cells = [c for c in _cells(records) if c["impl"] in ("t2l", "dnd", "dnd_control", "base")]
+    configs = sorted({(c["model"], c["budget"], c["task"], c["variant"]) for c in cells if c["impl"] == "t2l"})
+    if not configs:
+        return None
+    lines = ["| model | held-out task | T2L (variant, mode, descriptions) | base | library LoRAs: avg | library mean "
+             "| DnD: mean ± std | T2L: mean ± std | adapters | T2L − base (p) | T2L − library avg "
+             "| hypernetwork: seen cos (label) |", "|" + "---|" * 12]
+    for model, budget, task, variant in configs:
+        mine = [c for c in cells if (c["model"], c["budget"], c["task"]) == (model, budget, task)]
+        t2l = [c for c in mine if c["impl"] == "t2l" and c["variant"] == variant]
+        base = [c for c in mine if c["impl"] == "base"]
+        members = {c["details"].get("member_task"): c["acc"] for c in mine
+                   if c["impl"] == "dnd_control" and c["mode"] == "member"}
+        mean = [c["acc"] for c in mine if c["impl"] == "dnd_control" and c["mode"] == "mean"]
+        dnd = [c["acc"] for c in mine if c["impl"] == "dnd"]
+        accs = [c["acc"] for c in t2l]
+        avg = statistics.fmean(members.values()) if members else None
+        t2l_mean = statistics.fmean(accs)
+        std = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+        delta, p = _paired(base, t2l)
+        d = t2l[0]["details"]
+        source = d.get("description_source", "").split(":")[0]
+        label = f"{d.get('variant')}, {d.get('mode')}, {source}"
+        check = d.get("reconstruction") or {}
+        hyper = f"{check['seen_cosine']:.3f} ({check['label']})" if check else "— (not checked)"
+        if check.get("gain_recovered") is not None:
+            hyper += f"; gain recovered {check['gain_recovered']:.0%}"
+        dnd_text = (f"{statistics.fmean(dnd):.3f} ± {_fmt(statistics.stdev(dnd) if len(dnd) > 1 else None)}"
+                    if dnd else "—")
+        lines.append(f"| {model} | {task} | {label} | {_fmt(base[0]['acc'] if base else None)} "
+                     f"| {_fmt(avg)}{f' ({len(members)})' if members else ''} | {_fmt(mean[0] if mean else None)} "
+                     f"| {dnd_text} | {t2l_mean:.3f} ± {_fmt(std)} | {len(accs)} "
+                     f"| {_fmt(delta, '+.3f')} ({_fmt(p, '.3g')}) "
+                     f"| {_fmt(t2l_mean - avg, '+.3f') if avg is not None else '—'} | {hyper} |")
+    return "\n".join(lines) + "\n"

@@ -106,7 +106,8 @@ def test_sft_learns_task_conditional_adapters(tmp_path, fresh_tiny):
 def _run(runs, *overrides, strategy="t2l"):
     from harness.runner import run_cell
 
-    settings = SMALL if strategy.startswith("t2l") else SMALL[:5]  # base takes no library keys
+    base = SMALL[:5]  # model, task, items, budget: every strategy; the library keys: those that read one
+    settings = SMALL if strategy.startswith("t2l") else [*base, LIBRARY] if strategy == "multitask_lora" else base
     folder = run_cell(compose(*settings, f"strategy={strategy}", f"runs_dir={runs}", *overrides))
     return folder, json.loads((folder / "record.json").read_text())
 
@@ -166,6 +167,27 @@ def test_t2l_cell_end_to_end_on_dnds_library(runs, fresh_tiny):
     assert aligned[3] == f"{base['metrics']['acc']:.3f}" and aligned[7].startswith(f"{mean:.3f} ± ")
     assert aligned[8] == "2" and aligned[9].startswith(f"{mean - base['metrics']['acc']:+.3f} (")
     assert aligned[11].endswith(f"({details['reconstruction']['label']})") or "gain recovered" in aligned[11]
+
+
+@needs_data
+def test_multitask_lora_trains_once_on_the_library_pools(runs, fresh_tiny):
+    """One LoRA on the union of the library tasks' adaptation pools (all of each pool, none of the target's), served
+    as a peft adapter and scored like any other; a second target with the same library reuses it."""
+    from peft import PeftModel
+
+    from baselines.dnd.library import task_handle
+
+    _, record = _run(runs, "strategy.steps=4", strategy="multitask_lora")
+    details = record["adaptation"]["details"]
+    assert details["examples"] == {t: len(task_handle(t).pool_docs) for t in ("arc_challenge", "openbookqa")}
+    assert [c["phase"] for c in record["costs"]] == ["collect", "generate", "inference"]
+    collect = record["costs"][0]
+    assert collect["details"]["steps"] == 4 and not collect["details"]["reused"] and collect["flops_measured"] > 0
+    model = PeftModel.from_pretrained(fresh_tiny.model, record["adaptation"]["adapter_dir"])
+    assert sum(1 for n, _ in model.named_parameters() if "lora_" in n) == 2 * 7 * 2
+    _, other = _run(runs, "strategy.steps=4", "task=boolq", strategy="multitask_lora")
+    assert other["costs"][0]["details"]["reused"] and other["adaptation"]["adapter_dir"] == \
+        record["adaptation"]["adapter_dir"]
 
 
 @pytest.mark.parametrize("overrides, message", [

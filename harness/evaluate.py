@@ -16,7 +16,7 @@ from harness.costs import PhaseCost, PhaseMeter
 from harness.errors import HarnessError, first_line
 from harness.codeeval import GRADES
 from harness.flops import ModelShape
-from harness.models import adapter_problem
+from harness.models import ARROW, adapter_problem, arrow_routing
 from harness.scoring import SCORERS, padding_within, shared_context_loglikelihoods
 from harness.tasks import TaskHandle, quiet_lm_eval
 
@@ -286,12 +286,19 @@ def attach_adapter(model, adapter_dir: str | Path):
     from peft import PeftModel
 
     path = Path(adapter_dir)
-    if not (path / "adapter_config.json").is_file():
+    if not (path / "adapter_config.json").is_file() and not (path / ARROW).is_file():
         raise HarnessError(f"adapter directory {path} has no adapter_config.json: point to a peft adapter folder")
     problem = adapter_problem(path)
     if problem:
         raise HarnessError(f"adapter {path} cannot be loaded: {problem}: save or copy it again, complete")
+    routing = arrow_routing(path)
     try:
+        if routing is not None:  # peft's Arrow: per-token routing over the expert LoRAs, train-free
+            from peft import ArrowConfig, create_arrow_model
+
+            config = ArrowConfig(top_k=int(routing["top_k"]), router_temperature=float(routing["router_temperature"]),
+                                 rng_seed=routing.get("rng_seed"))
+            return create_arrow_model(model, [str(path / e) for e in routing["experts"]], config).eval()
         return PeftModel.from_pretrained(model, str(path), is_trainable=False).eval()
     except (ValueError, KeyError, RuntimeError) as exc:  # e.g. an adapter made for another architecture
         raise HarnessError(f"peft cannot put adapter {path} on this model ({first_line(exc)}): pass an adapter "
@@ -321,6 +328,9 @@ def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices:
 
         if not model_dir:
             raise HarnessError("engine=vllm needs the model as a folder or Hub id; this model has neither")
+        if adaptation.kind == "adapter" and arrow_routing(adaptation.adapter_dir) is not None:
+            raise HarnessError("engine=vllm cannot serve Arrow routing (per-token mixing of several LoRAs): use "
+                               "engine=hf")
         count_flops = False  # vLLM's kernels are invisible to FlopCounterMode: analytic FLOPs only
         lm = make_lm(model_dir, adapter_dir=adaptation.adapter_dir if adaptation.kind == "adapter" else None,
                      engine_cfg=engine_cfg, meter=meter, shape=ModelShape.of(model), tokenizer=tokenizer,

@@ -139,6 +139,15 @@ def adapter_problem(folder) -> str | None:
     folder = Path(folder)
     if not folder.is_dir():
         return "it is not a folder"
+    routing = arrow_routing(folder)
+    if routing is not None:  # a router over several adapters: each of them must load
+        if isinstance(routing, str):
+            return routing
+        for expert in routing["experts"]:
+            problem = adapter_problem(folder / expert)
+            if problem:
+                return f"its expert {expert}: {problem}"
+        return None
     config = folder / "adapter_config.json"
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
@@ -163,6 +172,28 @@ def adapter_problem(folder) -> str | None:
         name = weights.name if weights.is_file() else "adapter_model.bin"
         return f"{name} is unreadable ({first_line(exc)})"
     return None
+
+
+ARROW = "arrow.json"
+
+
+def arrow_routing(folder) -> dict | str | None:
+    """An Arrow adapter folder's routing (peft's Arrow over several LoRAs, Ostapenko et al. 2024): `arrow.json` holds
+    `experts` (adapter folders relative to it, at least two), `top_k`, `router_temperature` and `rng_seed`. None for
+    a plain adapter folder; a string saying what is wrong with a malformed one."""
+    import json
+
+    path = Path(folder) / ARROW
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"{ARROW} is unreadable ({first_line(exc)})"
+    experts = data.get("experts") if isinstance(data, dict) else None
+    if not isinstance(experts, list) or len(experts) < 2:
+        return f"{ARROW} must list at least two expert adapters (Arrow routes between them)"
+    return data
 
 
 def _random_model(cfg, dtype: torch.dtype):

@@ -1,6 +1,7 @@
 """Text-to-LoRA end to end on tiny-random: training by reconstruction and by SFT, the strategy on DnD's library,
 its controls on the description, and its errors."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,7 +108,8 @@ def _run(runs, *overrides, strategy="t2l"):
     from harness.runner import run_cell
 
     base = SMALL[:5]  # model, task, items, budget: every strategy; the library keys: those that read one
-    settings = SMALL if strategy.startswith("t2l") else [*base, LIBRARY] if strategy == "multitask_lora" else base
+    library = [*base, LIBRARY, *SMALL[6:9]]  # the library keys (the same LoRAs as the t2l cells')
+    settings = SMALL if strategy.startswith("t2l") else library if strategy in ("multitask_lora", "arrow") else base
     folder = run_cell(compose(*settings, f"strategy={strategy}", f"runs_dir={runs}", *overrides))
     return folder, json.loads((folder / "record.json").read_text())
 
@@ -190,6 +192,38 @@ def test_multitask_lora_trains_once_on_the_library_pools(runs, fresh_tiny):
         record["adaptation"]["adapter_dir"]
 
 
+@needs_data
+def test_arrow_routes_over_the_library_loras(runs, fresh_tiny):
+    """An Arrow cell: copies of the library LoRAs and their router settings in one folder, which the evaluator turns
+    into peft's Arrow model (its outputs differ from base and from each single expert's), charged per query for
+    top_k LoRA branches and the routing."""
+    from peft import PeftModel
+
+    from harness.evaluate import attach_adapter
+
+    _, record = _run(runs, "strategy.top_k=2", strategy="arrow")
+    adaptation = record["adaptation"]
+    folder = adaptation["adapter_dir"]
+    routing = json.loads((Path(folder) / "arrow.json").read_text())
+    assert routing["experts"] == ["experts/arc_challenge", "experts/openbookqa"] and routing["top_k"] == 2
+    assert [c["phase"] for c in record["costs"]] == ["collect", "collect", "generate", "inference"]
+    assert 0 <= record["metrics"]["acc"] <= 1 and adaptation["per_query_extra_flops"] > 0
+    ids = torch.tensor([[5, 17, 300, 42, 7, 99]])
+    model = fresh_tiny.model
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+        arrow = attach_adapter(model, folder)
+        routed = arrow(input_ids=ids).logits
+        arrow.unload()
+        experts = []
+        for expert in routing["experts"]:
+            single = PeftModel.from_pretrained(model, f"{folder}/{expert}")
+            experts.append(single(input_ids=ids).logits)
+            single.unload()
+    assert not torch.allclose(routed, base, atol=1e-5)
+    assert all(not torch.allclose(routed, e, atol=1e-5) for e in experts)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["strategy.library=[arc_easy,openbookqa]"], "leakage"),
     (["strategy.hypernet.preset=smollm2"], "set strategy.hypernet.preset to tiny-random$"),
@@ -202,6 +236,21 @@ def test_bad_input_is_one_line_error_before_any_compute(tmp_path, overrides, mes
     from harness.runner import run_cell
 
     cfg = compose(*SMALL, "strategy=t2l", f"runs_dir={tmp_path}", *overrides)
+    with pytest.raises(HarnessError, match=message) as err:
+        run_cell(cfg)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "tiny-random" / "_shared").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["strategy.library=[openbookqa]"], "at least two tasks"),
+    (["strategy.top_k=3"], "set strategy.top_k to at most 2$"),
+])
+@needs_data
+def test_arrow_bad_input_is_one_line_error_before_any_compute(tmp_path, overrides, message):
+    from harness.runner import run_cell
+
+    cfg = compose(*SMALL[:5], LIBRARY, "strategy=arrow", f"runs_dir={tmp_path}", *overrides)
     with pytest.raises(HarnessError, match=message) as err:
         run_cell(cfg)
     assert "\n" not in str(err.value)

@@ -166,9 +166,9 @@ def test_t2l_cell_end_to_end_on_dnds_library(runs, fresh_tiny):
     assert len(rows) == 3  # aligned (two descriptions), unaligned, custom
     aligned = [c.strip() for c in next(r for r in rows if "M, recon, aligned" in r).strip("|").split("|")]
     mean = (record["metrics"]["acc"] + second["metrics"]["acc"]) / 2
-    assert aligned[3] == f"{base['metrics']['acc']:.3f}" and aligned[7].startswith(f"{mean:.3f} ± ")
-    assert aligned[8] == "2" and aligned[9].startswith(f"{mean - base['metrics']['acc']:+.3f} (")
-    assert aligned[11].endswith(f"({details['reconstruction']['label']})") or "gain recovered" in aligned[11]
+    assert aligned[3] == f"{base['metrics']['acc']:.3f}" and aligned[10].startswith(f"{mean:.3f} ± ")
+    assert aligned[11] == "2" and aligned[12].startswith(f"{mean - base['metrics']['acc']:+.3f} (")
+    assert aligned[14].endswith(f"({details['reconstruction']['label']})") or "gain recovered" in aligned[14]
 
 
 @needs_data

@@ -11,7 +11,9 @@ import statistics
 
 from baselines.dnd.report import _cells, _fmt
 
-INTRO = ("Text-to-LoRA on held-out tasks, beside base, the library it learned from and DnD (same library). "
+INTRO = ("Text-to-LoRA on held-out tasks, beside base, the library it learned from, the multi-task LoRA on that "
+         "library's pools (its budget named when it differs), Arrow routing over the library LoRAs, ICL and DnD "
+         "(same library). "
          "T2L: mean ± std over the adapters of its descriptions (`aligned`: the target's three evaluation "
          "descriptions, never trained on; `unaligned`: other tasks' descriptions; `random`: random letters). "
          "T2L − base: per-item scores averaged over descriptions, then the paired test of the harness (McNemar "
@@ -39,15 +41,21 @@ def _paired(base_cells, cells) -> tuple[float | None, float | None]:
 
 
 def t2l_table(records) -> str | None:
-    cells = [c for c in _cells(records) if c["impl"] in ("t2l", "dnd", "dnd_control", "base")]
+    cells = [c for c in _cells(records) if c["impl"] in ("t2l", "dnd", "dnd_control", "base", "multitask_lora",
+                                                         "arrow", "icl")]
     configs = sorted({(c["model"], c["budget"], c["task"], c["variant"]) for c in cells if c["impl"] == "t2l"})
     if not configs:
         return None
     lines = ["| model | held-out task | T2L (variant, mode, descriptions) | base | library LoRAs: avg | library mean "
-             "| DnD: mean ± std | T2L: mean ± std | adapters | T2L − base (p) | T2L − library avg "
-             "| hypernetwork: seen cos (label) |", "|" + "---|" * 12]
+             "| multi-task LoRA | Arrow | ICL | DnD: mean ± std | T2L: mean ± std | adapters | T2L − base (p) "
+             "| T2L − library avg | hypernetwork: seen cos (label) |", "|" + "---|" * 15]
     for model, budget, task, variant in configs:
         mine = [c for c in cells if (c["model"], c["budget"], c["task"]) == (model, budget, task)]
+        # the multi-task LoRA trains the whole library's worth of steps for one target: any budget, named
+        others = [c for c in cells if (c["model"], c["task"]) == (model, task)]
+        multitask = [c for c in others if c["impl"] == "multitask_lora"]
+        arrow = [c for c in mine if c["impl"] == "arrow"]
+        icl = [c for c in mine if c["impl"] == "icl"]
         t2l = [c for c in mine if c["impl"] == "t2l" and c["variant"] == variant]
         base = [c for c in mine if c["impl"] == "base"]
         members = {c["details"].get("member_task"): c["acc"] for c in mine
@@ -66,10 +74,15 @@ def t2l_table(records) -> str | None:
         hyper = f"{check['seen_cosine']:.3f} ({check['label']})" if check else "— (not checked)"
         if check.get("gain_recovered") is not None:
             hyper += f"; gain recovered {check['gain_recovered']:.0%}"
+        mt_text = _fmt(multitask[0]["acc"] if multitask else None)
+        if multitask and multitask[0]["budget"] != budget:
+            mt_text += f" ({multitask[0]['budget']})"
         dnd_text = (f"{statistics.fmean(dnd):.3f} ± {_fmt(statistics.stdev(dnd) if len(dnd) > 1 else None)}"
                     if dnd else "—")
         lines.append(f"| {model} | {task} | {label} | {_fmt(base[0]['acc'] if base else None)} "
                      f"| {_fmt(avg)}{f' ({len(members)})' if members else ''} | {_fmt(mean[0] if mean else None)} "
+                     f"| {mt_text} "
+                     f"| {_fmt(arrow[0]['acc'] if arrow else None)} | {_fmt(icl[0]['acc'] if icl else None)} "
                      f"| {dnd_text} | {t2l_mean:.3f} ± {_fmt(std)} | {len(accs)} "
                      f"| {_fmt(delta, '+.3f')} ({_fmt(p, '.3g')}) "
                      f"| {_fmt(t2l_mean - avg, '+.3f') if avg is not None else '—'} | {hyper} |")

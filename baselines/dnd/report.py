@@ -55,6 +55,26 @@ def _score(cells) -> tuple[float, float]:
     return s.mean, s.stderr
 
 
+def paired(reference, cells) -> tuple[float | None, float | None]:
+    """(mean difference, p) of `cells` against `reference` (each side's cells averaged per item first: a method's
+    seeds, or the library's LoRAs) on the items both scored, by harness.stats' paired test."""
+    import numpy as np
+
+    from harness import stats
+    from harness.report import item_scores
+    from harness.store import read_samples
+
+    if not reference or not cells:
+        return None, None
+    per = [item_scores(read_samples(c["folder"]), c["metric"]) for c in [*reference, *cells]]
+    ids, matrix = stats.item_matrix(per)
+    if not ids:
+        return None, None
+    k = len(reference)
+    test = stats.paired_test(np.asarray(matrix[:, :k].mean(axis=1)), np.asarray(matrix[:, k:].mean(axis=1)))
+    return test["delta"], test["p"]
+
+
 def _fmt(x, spec=".3f"):
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -66,9 +86,9 @@ def loo_table(records) -> str | None:
     if not targets:
         return None
     lines = ["| model | held-out task | DnD config | base | library LoRAs: avg | best (oracle) | library mean | nearest | "
-             "DnD: mean ± std | adapters | DnD − library avg | ‖DnD − mean‖ / ‖mean‖ | library spread "
-             "| ‖DnD‖ / ‖mean‖ | generator: seen-task cos (label) |",
-             "|" + "---|" * 15]
+             "DnD: mean ± std | adapters | DnD − library avg (p) | DnD − base (p) | ‖DnD − mean‖ / ‖mean‖ "
+             "| library spread | ‖DnD‖ / ‖mean‖ | generator: seen-task cos (label) |",
+             "|" + "---|" * 16]
     avgs = {k: [] for k in ("base", "avg", "best", "mean", "nearest", "dnd")}
     for model, budget, task, variant in targets:
         mine = [c for c in cells if (c["model"], c["budget"], c["task"]) == (model, budget, task)
@@ -98,6 +118,9 @@ def loo_table(records) -> str | None:
             if v is not None:
                 avgs[k].append(v)
         near_task = nearest[0]["details"].get("nearest_task") if nearest else None
+        _, p_lib = paired(members, dnd)  # per item: the six adapters' mean vs the library LoRAs' mean
+        d_base, p_base = paired(base, dnd)
+        lib_text = f"{dnd_mean - avg:+.3f} ({_fmt(p_lib, '.3g')})" if avg is not None else "—"
         checks = [c["details"].get("reconstruction") for c in dnd if c["details"].get("reconstruction")]
         labels = sorted({x["label"] for x in checks})
         recovered = [x["gain_recovered"] for x in checks if x.get("gain_recovered") is not None]
@@ -110,13 +133,14 @@ def loo_table(records) -> str | None:
             f"| {_fmt(values['best'])}{f' ({best_task})' if best_task else ''} | {_fmt(values['mean'])} "
             f"| {_fmt(values['nearest'])}{f' ({near_task})' if near_task else ''} "
             f"| {dnd_mean:.3f} ± {_fmt(dnd_std)} | {len(accs)} "
-            f"| {_fmt(dnd_mean - avg, '+.3f') if avg is not None else '—'} | {_fmt(dist)} | {_fmt(spread)} "
+            f"| {lib_text} "
+            f"| {_fmt(d_base, '+.3f')} ({_fmt(p_base, '.3g')}) | {_fmt(dist)} | {_fmt(spread)} "
             f"| {_fmt(norm)} | {generator} |")
     if len(targets) > 1:
         m = {k: (statistics.fmean(v) if v else None) for k, v in avgs.items()}
         diff = m["dnd"] - m["avg"] if m["avg"] is not None else None
         lines.append(f"| | **average** | | {_fmt(m['base'])} | {_fmt(m['avg'])} | {_fmt(m['best'])} | {_fmt(m['mean'])} "
-                     f"| {_fmt(m['nearest'])} | {_fmt(m['dnd'])} | | {_fmt(diff, '+.3f')} | | | | |")
+                     f"| {_fmt(m['nearest'])} | {_fmt(m['dnd'])} | | {_fmt(diff, '+.3f')} | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -233,7 +257,9 @@ LOO_INTRO = ("Per held-out task: accuracy on the same eval items. Library LoRAs:
              "scored on the held-out task (count in brackets); best is chosen on these test items (an oracle). "
              "Library mean: the parameter mean (A and B separately) of every library checkpoint. Nearest: the "
              "library LoRA whose prompts embed closest to the target's. DnD: mean ± std over generated adapters "
-             "(one per prompt batch). ‖DnD − mean‖/‖mean‖: distance of the generated weights from the library mean; "
+             "(one per prompt batch). DnD − library avg and DnD − base: the difference of means, with the p of "
+             "the paired test on the items both scored (each side averaged per item first: the generated "
+             "adapters, the library LoRAs; McNemar for 0/1 items, else a sign-flip permutation test). ‖DnD − mean‖/‖mean‖: distance of the generated weights from the library mean; "
              "library spread: the same for the library's own LoRAs; ‖DnD‖/‖mean‖: the generated weights' norm relative to "
              "the library mean's. DnD ≈ library mean in both accuracy and weights means the generator collapsed to its "
              "training average; a distance near 1 with a small norm means it has not learned the weights at all. "

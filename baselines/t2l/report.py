@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 
-from baselines.dnd.report import _cells, _fmt
+from baselines.dnd.report import _cells, _fmt, paired
 
 INTRO = ("Text-to-LoRA on held-out tasks, beside base, the library it learned from, the multi-task LoRA on that "
          "library's pools (its budget named when it differs), Arrow routing over the library LoRAs, ICL and DnD "
@@ -20,24 +20,6 @@ INTRO = ("Text-to-LoRA on held-out tasks, beside base, the library it learned fr
          "for 0/1 items). Hypernetwork: its seen-task check (cosine of the weight update generated from a "
          "training description with the task's library LoRA; label ok / underfit / collapsed; the share of the "
          "library LoRAs' gain over base it recovers on their own items).")
-
-
-def _paired(base_cells, cells) -> tuple[float | None, float | None]:
-    """(mean difference, p) of `cells` (descriptions averaged per item) against base on their shared items."""
-    import numpy as np
-
-    from harness import stats
-    from harness.report import item_scores
-    from harness.store import read_samples
-
-    if not base_cells or not cells:
-        return None, None
-    per = [item_scores(read_samples(c["folder"]), c["metric"]) for c in [base_cells[0], *cells]]
-    ids, matrix = stats.item_matrix(per)
-    if not ids:
-        return None, None
-    test = stats.paired_test(np.asarray(matrix[:, 0]), np.asarray(matrix[:, 1:].mean(axis=1)))
-    return test["delta"], test["p"]
 
 
 def t2l_table(records) -> str | None:
@@ -66,7 +48,7 @@ def t2l_table(records) -> str | None:
         avg = statistics.fmean(members.values()) if members else None
         t2l_mean = statistics.fmean(accs)
         std = statistics.stdev(accs) if len(accs) > 1 else float("nan")
-        delta, p = _paired(base, t2l)
+        delta, p = paired(base[:1], t2l)
         d = t2l[0]["details"]
         source = d.get("description_source", "").split(":")[0]
         label = f"{d.get('variant')}, {d.get('mode')}, {source}"

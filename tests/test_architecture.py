@@ -12,7 +12,8 @@ from conftest import ROOT, compose
 
 BUILT_IN = {"base": "baselines.base:Base", "icl": "baselines.icl:InContext", "lora": "baselines.lora:LoraTuning",
             "adapter": "baselines.adapter:ExistingAdapter", "dnd": "baselines.dnd.strategy:DragAndDrop",
-            "dnd_control": "baselines.dnd.controls:LibraryControl"}
+            "dnd_control": "baselines.dnd.controls:LibraryControl", "t2l": "baselines.t2l.strategy:TextToLoRA",
+            "multitask_lora": "baselines.t2l.multitask:MultitaskLora", "arrow": "baselines.t2l.arrow:ArrowRouting"}
 
 
 def imports_of(source: str) -> list[tuple[int, str]]:
@@ -66,10 +67,12 @@ def test_every_built_in_strategy_registers_through_its_entry_point():
 
 def test_strategies_contribute_report_and_list_pages_through_the_registry():
     from baselines.dnd.config import print_presets
+    from baselines.t2l.config import print_presets as print_t2l_presets
     from harness.strategy import get_strategy, list_pages, report_pages
 
-    assert list(report_pages()) == ["dnd_loo.md", "dnd_library.md", "dnd_speedup.md"]  # offered by dnd and dnd_control: once
-    assert list_pages() == {"dnd-presets": print_presets}
+    # dnd's pages are offered by dnd and dnd_control, listed once; multitask_lora and arrow offer none
+    assert list(report_pages()) == ["dnd_loo.md", "dnd_library.md", "dnd_speedup.md", "t2l_loo.md"]
+    assert list_pages() == {"dnd-presets": print_presets, "t2l-presets": print_t2l_presets}
     base = get_strategy("base")  # the defaults: no check, no extra input, no one-off phase, no page
     cfg = compose("strategy=base")
     assert (base.validate_cell(cfg), base.fingerprint(cfg.strategy), base.reads_tasks(cfg)) == (None, None, [])
@@ -77,6 +80,9 @@ def test_strategies_contribute_report_and_list_pages_through_the_registry():
     assert not base.uses_seed(cfg.strategy) and get_strategy("lora").uses_seed(cfg.strategy)
     assert get_strategy("dnd").one_off_phases(cfg.strategy) == ("collect", "meta_train")
     assert get_strategy("dnd_control").one_off_phases(cfg.strategy) == ("collect",)
+    assert get_strategy("t2l").one_off_phases(cfg.strategy) == ("collect", "meta_train")
+    assert get_strategy("multitask_lora").one_off_phases(cfg.strategy) == get_strategy("arrow").one_off_phases(
+        cfg.strategy) == ("collect",)
 
 
 @pytest.mark.parametrize("typo, hook", [("validate_cel", "validate_cell"), ("use_seed", "uses_seed"),

@@ -19,11 +19,15 @@ def _types():
     from baselines.dnd.library import CollectSettings
     from baselines.icl import InContextSettings
     from baselines.lora import LoraTuningSettings
+    from baselines.t2l.arrow import ArrowSettings
+    from baselines.t2l.config import HypernetSettings, T2LSettings
+    from baselines.t2l.multitask import MultitaskSettings
     from harness.trainer import LoraSettings
 
     by_impl = {"lora": LoraTuningSettings, "icl": InContextSettings, "adapter": AdapterSettings,
-               "dnd": DnDSettings, "dnd_control": LibraryControlSettings}
-    return by_impl, [*by_impl.values(), MetaTrainSettings, CollectSettings, LoraSettings]
+               "dnd": DnDSettings, "dnd_control": LibraryControlSettings, "t2l": T2LSettings,
+               "multitask_lora": MultitaskSettings, "arrow": ArrowSettings}
+    return by_impl, [*by_impl.values(), MetaTrainSettings, CollectSettings, LoraSettings, HypernetSettings]
 
 
 def _one_line_error(overrides, match):
@@ -59,6 +63,7 @@ def test_the_values_that_run_are_the_yamls():
     from baselines.dnd.config import DnDSettings, get_preset
 
     raw = yaml.safe_load((STRATEGY_YAML / "dnd.yaml").read_text())
+    raw.update(yaml.safe_load((ROOT / "configs" / "library" / "commonsense.yaml").read_text()))  # its library
     small = yaml.safe_load((STRATEGY_YAML / "dnd_default.yaml").read_text())
     recipe = yaml.safe_load((ROOT / "configs" / "dnd_recipe" / "smollm2-small.yaml").read_text())
     s = settings_from(DnDSettings, compose("strategy=dnd_default").strategy)

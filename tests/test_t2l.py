@@ -162,13 +162,20 @@ def test_t2l_cell_end_to_end_on_dnds_library(runs, fresh_tiny):
     _, base = _run(runs, strategy="base")
     out = runs / "report"
     report.build(out, runs_dir=runs)
-    rows = [line for line in (out / "t2l_loo.md").read_text().splitlines() if "| arc_easy |" in line]
+    held_out = (out / "t2l_loo.md").read_text().split("**Seen tasks**")[0]
+    rows = [line for line in held_out.splitlines() if "| arc_easy |" in line]
     assert len(rows) == 3  # aligned (two descriptions), unaligned, custom
     aligned = [c.strip() for c in next(r for r in rows if "M, recon, aligned" in r).strip("|").split("|")]
     mean = (record["metrics"]["acc"] + second["metrics"]["acc"]) / 2
     assert aligned[3] == f"{base['metrics']['acc']:.3f}" and aligned[10].startswith(f"{mean:.3f} ± ")
     assert aligned[11] == "2" and aligned[12].startswith(f"{mean - base['metrics']['acc']:+.3f} (")
     assert aligned[14].endswith(f"({details['reconstruction']['label']})") or "gain recovered" in aligned[14]
+    # the seen-task table: the hypernetwork on each task it trained on, beside that task's library LoRA and base
+    page = (out / "t2l_loo.md").read_text()
+    for task, row in details["reconstruction"]["accuracy"].items():
+        line = next(x for x in page.splitlines() if f"| T2L M recon | arc_easy | {task} |" in x)
+        cols = [c.strip() for c in line.strip("|").split("|")]
+        assert cols[4:7] == [f"{row['base']:.3f}", f"{row['library_lora']:.3f}", f"{row['generated']:.3f}"]
 
 
 @needs_data

@@ -68,4 +68,39 @@ def t2l_table(records) -> str | None:
                      f"| {dnd_text} | {t2l_mean:.3f} ± {_fmt(std)} | {len(accs)} "
                      f"| {_fmt(delta, '+.3f')} ({_fmt(p, '.3g')}) "
                      f"| {_fmt(t2l_mean - avg, '+.3f') if avg is not None else '—'} | {hyper} |")
+    seen = seen_task_table(cells)
+    return "\n".join(lines) + "\n" + (f"\n{SEEN_INTRO}\n\n{seen}" if seen else "")
+
+
+SEEN_INTRO = ("**Seen tasks** (T2L's reconstruction claim): each trained hypernetwork or generator on the tasks it was "
+              "trained on. Generated: the adapter made from a training description (T2L) or from training prompts "
+              "(DnD), scored on the task's own checked items beside its library LoRA and base; gain recovered: "
+              "over the tasks whose library LoRA beats base, the share of that gain the generated adapters keep.")
+
+
+def seen_task_table(cells) -> str | None:
+    """One row per (method, trained generator, library task), from the records' seen-task checks."""
+    found = {}
+    for c in cells:
+        if c["impl"] not in ("t2l", "dnd"):
+            continue
+        d = c["details"]
+        check = d.get("reconstruction") or {}
+        key = d.get("hypernet_key") or d.get("generator_key")
+        if not check.get("accuracy") or not key:
+            continue
+        method = f"T2L {d.get('variant')} {d.get('mode')}" if c["impl"] == "t2l" else "DnD"
+        found[(c["model"], method, key[:10])] = (c["task"], check)
+    if not found:
+        return None
+    lines = ["| model | method | target (held out) | library task | base | library LoRA | generated | library mean "
+             "| cos (seen) | gain recovered |", "|" + "---|" * 10]
+    for (model, method, _), (held_out, check) in sorted(found.items()):
+        recovered = check.get("gain_recovered")
+        for task, row in sorted(check["accuracy"].items()):
+            cos = ((check.get("tasks") or {}).get(task) or {}).get("seen", {}).get("cosine")
+            lines.append(f"| {model} | {method} | {held_out} | {task} | {_fmt(row.get('base'))} "
+                         f"| {_fmt(row.get('library_lora'))} | {_fmt(row.get('generated'))} "
+                         f"| {_fmt(row.get('library_mean'))} | {_fmt(cos)} "
+                         f"| {f'{recovered:.0%}' if recovered is not None else '—'} |")
     return "\n".join(lines) + "\n"

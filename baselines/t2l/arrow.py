@@ -14,8 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from baselines.dnd.config import get_preset as dnd_preset
 from baselines.dnd.library import CollectSettings, recipes_digest, task_handle
+from baselines.t2l.config import LibrarySettings
 from baselines.dnd.strategy import _LibraryStrategy, library_tasks
 from harness import store
 from harness.config_checks import as_float, as_int
@@ -27,23 +27,17 @@ from harness.strategy_settings import settings_from
 
 
 @dataclass(frozen=True)
-class ArrowSettings:
-    """configs/strategy/arrow.yaml: the library keys of dnd.yaml, and the router's."""
+class ArrowSettings(LibrarySettings):
+    """configs/strategy/arrow.yaml: the library's keys, and the router's."""
 
-    library_preset: str | None
-    universe: list[str] | None
-    library: list[str] | None
-    targets: list[str] | None
-    collect: CollectSettings
     top_k: int
     router_temperature: float
     seed: int
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         as_int(self.top_k, "strategy.top_k", minimum=1)
         as_float(self.router_temperature, "strategy.router_temperature", positive=True)
-        if self.library is None and not self.universe:
-            raise HarnessError("arrow: set strategy.library or strategy.universe (leave-one-out)")
 
 
 class ArrowRouting(_LibraryStrategy):
@@ -74,11 +68,7 @@ class ArrowRouting(_LibraryStrategy):
 
     def adapt(self, ctx: AdaptContext) -> Adaptation:
         s = self._settings(ctx.settings)
-        name = s.library_preset or ctx.model_cfg.get("dnd_preset")
-        if not name:
-            raise HarnessError(f"arrow: model {ctx.model_name} names no dnd_preset, which fixes the library's LoRA "
-                               "layout: set strategy.library_preset")
-        collect = s.collect.for_preset(dnd_preset(str(name)))
+        collect = s.resolved_collect(ctx.model_cfg, ctx.model_name)
         names = library_tasks(ctx.settings, ctx.task.name)
         if len(names) < 2:
             raise HarnessError(f"Arrow needs at least two library LoRAs to route between (got {names})")

@@ -158,29 +158,49 @@ class HypernetSettings:
 
 
 @dataclass(frozen=True)
-class T2LSettings:
-    """configs/strategy/t2l.yaml, built with harness.strategy_settings.settings_from. The library keys (universe,
-    library, targets, collect, library_preset) are DnD's, so both methods learn from one library."""
+class LibrarySettings:
+    """The library keys that t2l, multitask_lora and arrow share with dnd (configs/library/): which tasks, how each
+    task's LoRA is trained, and `library_preset`, the DnD generator preset that fixes the LoRAs' layout and recipe
+    (null: the model's dnd_preset), so that every method learns from the same LoRAs."""
 
-    library_preset: str | None  # the DnD generator preset whose library layout and recipe the library follows
-    encoder: str  # the description encoder: a sentence-transformers name, or base_last_token
+    library_preset: str | None
     universe: list[str] | None
     library: list[str] | None
     targets: list[str] | None
     collect: CollectSettings
-    hypernet: HypernetSettings
-    descriptions: str  # aligned (the target's evaluation descriptions), unaligned (other tasks'), random
-    description: str | None  # the user's own description of the target (overrides `descriptions`)
 
     def __post_init__(self) -> None:
         if self.library_preset is not None:
             from baselines.dnd.config import get_preset as dnd_preset
 
             dnd_preset(self.library_preset)
+        if self.library is None and not self.universe:
+            raise HarnessError("set strategy.library (tasks to learn from) or strategy.universe (leave-one-out)")
+
+    def resolved_collect(self, model_cfg: dict, model_name: str) -> CollectSettings:
+        """`collect` with its null keys from the recipe of the library's DnD preset."""
+        from baselines.dnd.config import get_preset as dnd_preset
+
+        name = self.library_preset or model_cfg.get("dnd_preset")
+        if not name:
+            raise HarnessError(f"model {model_name} names no dnd_preset, which fixes the library's LoRA layout: set "
+                               "strategy.library_preset (harness list dnd-presets)")
+        return self.collect.for_preset(dnd_preset(str(name)))
+
+
+@dataclass(frozen=True)
+class T2LSettings(LibrarySettings):
+    """configs/strategy/t2l.yaml, built with harness.strategy_settings.settings_from: the library's keys, and T2L's."""
+
+    encoder: str  # the description encoder: a sentence-transformers name, or base_last_token
+    hypernet: HypernetSettings
+    descriptions: str  # aligned (the target's evaluation descriptions), unaligned (other tasks'), random
+    description: str | None  # the user's own description of the target (overrides `descriptions`)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.descriptions not in DESCRIPTIONS:
             raise HarnessError(f"strategy.descriptions must be one of {', '.join(DESCRIPTIONS)} "
                                f"(got {self.descriptions!r})")
         if self.description is not None and not str(self.description).strip():
             raise HarnessError("strategy.description is empty: write a sentence describing the task, or set it null")
-        if self.library is None and not self.universe:
-            raise HarnessError("T2L: set strategy.library (tasks to learn from) or strategy.universe (leave-one-out)")

@@ -15,15 +15,14 @@ import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from baselines.dnd.config import get_preset as dnd_preset
 from baselines.dnd.library import CollectSettings, recipes_digest, task_handle
+from baselines.t2l.config import LibrarySettings
 from baselines.dnd.strategy import _LibraryStrategy, library_tasks, shared_by
 from harness import artifacts, provenance, store
 from harness.budget import Budget, TrainingBudget
 from harness.config_checks import as_int
 from harness.console import say
 from harness.costs import PhaseCost, PhaseMeter
-from harness.errors import HarnessError
 from harness.models import adapter_problem
 from harness.strategy import AdaptContext, Adaptation
 from harness.strategy_settings import settings_from
@@ -33,21 +32,15 @@ INFO = "multitask.json"
 
 
 @dataclass(frozen=True)
-class MultitaskSettings:
-    """configs/strategy/multitask_lora.yaml: the library keys of dnd.yaml, and the run's length."""
+class MultitaskSettings(LibrarySettings):
+    """configs/strategy/multitask_lora.yaml: the library's keys, and the run's length."""
 
-    library_preset: str | None
-    universe: list[str] | None
-    library: list[str] | None
-    targets: list[str] | None
-    collect: CollectSettings
     steps: int | None  # null: collect.steps × the number of library tasks (the library's whole training)
     seed: int
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         as_int(self.steps, "strategy.steps", minimum=1, allow_none=True)
-        if self.library is None and not self.universe:
-            raise HarnessError("multitask_lora: set strategy.library or strategy.universe (leave-one-out)")
 
 
 def _key(model_cfg: dict, tasks, settings: CollectSettings, steps: int, seed: int, model_env: dict) -> str:
@@ -78,11 +71,7 @@ class MultitaskLora(_LibraryStrategy):
 
     def adapt(self, ctx: AdaptContext) -> Adaptation:
         s = self._settings(ctx.settings)
-        name = s.library_preset or ctx.model_cfg.get("dnd_preset")
-        if not name:
-            raise HarnessError(f"multitask_lora: model {ctx.model_name} names no dnd_preset, which fixes the "
-                               "library's LoRA layout: set strategy.library_preset")
-        collect = s.collect.for_preset(dnd_preset(str(name)))
+        collect = s.resolved_collect(ctx.model_cfg, ctx.model_name)
         names = library_tasks(ctx.settings, ctx.task.name)
         tasks = [task_handle(n) for n in names]
         steps = s.steps or collect.steps * len(names)

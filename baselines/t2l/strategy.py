@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from baselines.dnd.config import get_preset as dnd_preset
 from baselines.dnd.generator import write_adapter
 from baselines.dnd.library import entry_key, recipes_digest, task_handle
 from baselines.dnd.strategy import _LibraryStrategy, _seen_task_scorer, library_tasks, shared_by
@@ -61,11 +60,7 @@ class TextToLoRA(_LibraryStrategy):
 
     def _setup(self, ctx: AdaptContext):
         s = self._settings(ctx.settings)
-        name = s.library_preset or ctx.model_cfg.get("dnd_preset")
-        if not name:
-            raise HarnessError(f"T2L: model {ctx.model_name} names no dnd_preset, which fixes the library's layout: "
-                               "set strategy.library_preset (harness list dnd-presets)")
-        collect = s.collect.for_preset(dnd_preset(str(name)))
+        collect = s.resolved_collect(ctx.model_cfg, ctx.model_name)
         hname = s.hypernet.preset or ctx.model_cfg.get("t2l_preset")
         if not hname:
             raise HarnessError(f"T2L: model {ctx.model_name} names no t2l_preset: set strategy.hypernet.preset "

@@ -70,7 +70,7 @@ def test_strategies_contribute_report_and_list_pages_through_the_registry():
     from baselines.t2l.config import print_presets as print_t2l_presets
     from harness.strategy import get_strategy, list_pages, report_pages
 
-    # dnd's pages are offered by dnd and dnd_control, listed once; multitask_lora and arrow offer none
+    # dnd's pages are offered by every strategy on its library (dnd, dnd_control, multitask_lora, arrow): once
     assert list(report_pages()) == ["dnd_loo.md", "dnd_library.md", "dnd_speedup.md", "t2l_loo.md"]
     assert list_pages() == {"dnd-presets": print_presets, "t2l-presets": print_t2l_presets}
     base = get_strategy("base")  # the defaults: no check, no extra input, no one-off phase, no page

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from baselines.dnd.library import CollectSettings, recipes_digest, task_handle
+from baselines.dnd.library import CollectSettings, task_handle
 from baselines.t2l.config import LibrarySettings
 from baselines.dnd.strategy import _LibraryStrategy, library_tasks
 from harness import store
@@ -46,18 +46,6 @@ class ArrowRouting(_LibraryStrategy):
 
     def uses_seed(self, settings) -> bool:
         return False  # routing is deterministic; `seed` is peft's for any sampling it does
-
-    def fingerprint(self, settings) -> str:
-        return recipes_digest()
-
-    def one_off_phases(self, settings) -> tuple[str, ...]:
-        return ("collect",)
-
-    def report_pages(self) -> list:
-        return []
-
-    def list_pages(self) -> dict:
-        return {}
 
     def validate_cell(self, cfg) -> None:
         super().validate_cell(cfg)

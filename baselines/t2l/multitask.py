@@ -15,7 +15,7 @@ import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from baselines.dnd.library import CollectSettings, recipes_digest, task_handle
+from baselines.dnd.library import CollectSettings, task_handle
 from baselines.t2l.config import LibrarySettings
 from baselines.dnd.strategy import _LibraryStrategy, library_tasks, shared_by
 from harness import artifacts, provenance, store
@@ -56,18 +56,6 @@ class MultitaskLora(_LibraryStrategy):
 
     def uses_seed(self, settings) -> bool:
         return False  # one LoRA per library; `seed` in the config orders its batches
-
-    def fingerprint(self, settings) -> str:
-        return recipes_digest()  # the library settings' recipes
-
-    def one_off_phases(self, settings) -> tuple[str, ...]:
-        return ("collect",)
-
-    def report_pages(self) -> list:
-        return []
-
-    def list_pages(self) -> dict:
-        return {}
 
     def adapt(self, ctx: AdaptContext) -> Adaptation:
         s = self._settings(ctx.settings)

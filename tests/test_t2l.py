@@ -135,7 +135,6 @@ def test_t2l_cell_end_to_end_on_dnds_library(runs, fresh_tiny):
     assert [c["phase"] for c in record["costs"]] == ["collect", "collect", "meta_train", "generate", "inference"]
     assert details["description"] == desc.load("arc_easy").eval[0] and details["description_source"].startswith(
         "aligned: arc_easy eval #0")
-    assert details["reconstruction"]["label"] in ("ok", "underfit", "collapsed")
     assert set(details["reconstruction"]["accuracy"]) == {"arc_challenge", "openbookqa"}
     model = PeftModel.from_pretrained(fresh_tiny.model, adaptation["adapter_dir"])
     lora = {n: p for n, p in model.named_parameters() if "lora_" in n}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 from dataclasses import asdict, dataclass
@@ -236,13 +237,14 @@ def _train(preset: HypernetPreset, settings: HypernetSettings, encoder: desc.Des
                 opt.zero_grad(set_to_none=True)
                 meter.add(flops_analytic=analytic)
                 losses.append(float(loss.detach()))
+                if not math.isfinite(losses[-1]):  # stop at once: nothing after a NaN step is worth training
+                    raise HarnessError(f"T2L meta_train: the loss became {losses[-1]} at step {i}: lower "
+                                       "strategy.hypernet.lr")
                 if i % settings.log_every == 0:
                     bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
         finally:
             stop()
     net.eval()
-    if not all(map(lambda v: v == v, losses)):
-        raise HarnessError("T2L meta_train: the loss became NaN: lower strategy.hypernet.lr")
     meter.cost.details.update({"steps": settings.steps, "mode": settings.mode, "variant": settings.variant,
                                "first_loss": losses[0], "final_loss": losses[-1], "library": tasks,
                                "hypernet_key": key, "hypernet_params": sum(p.numel() for p in params)})

@@ -253,9 +253,11 @@ def test_report_writes_the_leave_one_out_table(runs, first, tmp_path):
     assert cols[8] == f"{sum(accs.values()) / 2:.3f} ± " + f"{statistics.stdev(accs.values()):.3f}" and cols[9] == "2"
     checks = [r["adaptation"]["details"]["reconstruction"] for r in records if r["cell"]["strategy"] == "dnd"
               and not r["config"]["strategy"]["targets"]]  # both seeds read the one generator
-    assert cols[15] == f"{checks[0]['seen_cosine']:.3f} ({checks[0]['label']})"
+    assert cols[16] == f"{checks[0]['seen_cosine']:.3f} ({checks[0]['label']})"
     # the paired test against base: the two adapters' scores averaged per item, base's on the same items
     assert cols[11].startswith(f"{sum(accs.values()) / 2 - base:+.3f} (")
+    mean = next(r["metrics"]["acc"] for r in records if r["cell"]["strategy"] == "dnd_mean")
+    assert cols[12].startswith(f"{sum(accs.values()) / 2 - mean:+.3f} (")
     # the library page: each library LoRA against base on 8 of its own task's items, and its trajectory
     page = (tmp_path / "dnd_library.md").read_text()
     library = next(r["adaptation"]["details"]["library_checks"] for r in records if r["cell"]["strategy"] == "dnd")

@@ -86,9 +86,9 @@ def loo_table(records) -> str | None:
     if not targets:
         return None
     lines = ["| model | held-out task | DnD config | base | library LoRAs: avg | best (oracle) | library mean | nearest | "
-             "DnD: mean ± std | adapters | DnD − library avg (p) | DnD − base (p) | ‖DnD − mean‖ / ‖mean‖ "
-             "| library spread | ‖DnD‖ / ‖mean‖ | generator: seen-task cos (label) |",
-             "|" + "---|" * 16]
+             "DnD: mean ± std | adapters | DnD − library avg (p) | DnD − base (p) | DnD − library mean (p) "
+             "| ‖DnD − mean‖ / ‖mean‖ | library spread | ‖DnD‖ / ‖mean‖ | generator: seen-task cos (label) |",
+             "|" + "---|" * 17]
     avgs = {k: [] for k in ("base", "avg", "best", "mean", "nearest", "dnd")}
     for model, budget, task, variant in targets:
         mine = [c for c in cells if (c["model"], c["budget"], c["task"]) == (model, budget, task)
@@ -120,6 +120,7 @@ def loo_table(records) -> str | None:
         near_task = nearest[0]["details"].get("nearest_task") if nearest else None
         _, p_lib = paired(members, dnd)  # per item: the six adapters' mean vs the library LoRAs' mean
         d_base, p_base = paired(base, dnd)
+        d_mean, p_mean = paired(mean, dnd)  # did the generator do more than emit the library's average?
         lib_text = f"{dnd_mean - avg:+.3f} ({_fmt(p_lib, '.3g')})" if avg is not None else "—"
         checks = [c["details"].get("reconstruction") for c in dnd if c["details"].get("reconstruction")]
         labels = sorted({x["label"] for x in checks})
@@ -134,13 +135,14 @@ def loo_table(records) -> str | None:
             f"| {_fmt(values['nearest'])}{f' ({near_task})' if near_task else ''} "
             f"| {dnd_mean:.3f} ± {_fmt(dnd_std)} | {len(accs)} "
             f"| {lib_text} "
-            f"| {_fmt(d_base, '+.3f')} ({_fmt(p_base, '.3g')}) | {_fmt(dist)} | {_fmt(spread)} "
+            f"| {_fmt(d_base, '+.3f')} ({_fmt(p_base, '.3g')}) | {_fmt(d_mean, '+.3f')} ({_fmt(p_mean, '.3g')}) "
+            f"| {_fmt(dist)} | {_fmt(spread)} "
             f"| {_fmt(norm)} | {generator} |")
     if len(targets) > 1:
         m = {k: (statistics.fmean(v) if v else None) for k, v in avgs.items()}
         diff = m["dnd"] - m["avg"] if m["avg"] is not None else None
         lines.append(f"| | **average** | | {_fmt(m['base'])} | {_fmt(m['avg'])} | {_fmt(m['best'])} | {_fmt(m['mean'])} "
-                     f"| {_fmt(m['nearest'])} | {_fmt(m['dnd'])} | | {_fmt(diff, '+.3f')} | | | | | |")
+                     f"| {_fmt(m['nearest'])} | {_fmt(m['dnd'])} | | {_fmt(diff, '+.3f')} | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -257,7 +259,8 @@ LOO_INTRO = ("Per held-out task: accuracy on the same eval items. Library LoRAs:
              "scored on the held-out task (count in brackets); best is chosen on these test items (an oracle). "
              "Library mean: the parameter mean (A and B separately) of every library checkpoint. Nearest: the "
              "library LoRA whose prompts embed closest to the target's. DnD: mean ± std over generated adapters "
-             "(one per prompt batch). DnD − library avg and DnD − base: the difference of means, with the p of "
+             "(one per prompt batch). DnD − library avg, DnD − base and DnD − library mean: the difference of means, "
+             "with the p of "
              "the paired test on the items both scored (each side averaged per item first: the generated "
              "adapters, the library LoRAs; McNemar for 0/1 items, else a sign-flip permutation test). ‖DnD − mean‖/‖mean‖: distance of the generated weights from the library mean; "
              "library spread: the same for the library's own LoRAs; ‖DnD‖/‖mean‖: the generated weights' norm relative to "

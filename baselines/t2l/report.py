@@ -7,6 +7,7 @@ of T2L against base (per-item scores averaged over descriptions first), and the 
 """
 from __future__ import annotations
 
+import re
 import statistics
 
 from baselines.dnd.report import _cells, _fmt, paired
@@ -16,10 +17,10 @@ INTRO = ("Text-to-LoRA on held-out tasks, beside base, the library it learned fr
          "(same library). "
          "T2L: mean ± std over the adapters of its descriptions (`aligned`: the target's three evaluation "
          "descriptions, never trained on; `unaligned`: other tasks' descriptions; `random`: random letters). "
-         "T2L − base: per-item scores averaged over descriptions, then the paired test of the harness (McNemar "
-         "for 0/1 items). Hypernetwork: its seen-task check (cosine of the weight update generated from a "
-         "training description with the task's library LoRA; label ok / underfit / collapsed; the share of the "
-         "library LoRAs' gain over base it recovers on their own items).")
+         "T2L − base and T2L − library mean: per-item scores averaged over descriptions, then the paired test of "
+         "the harness (McNemar for 0/1 items). Hypernetwork: its seen-task check (cosine of the weight update "
+         "generated from a training description with the task's library LoRA; label ok / underfit / collapsed; "
+         "the share of the library LoRAs' gain over base it recovers on their own items).")
 
 
 def t2l_table(records) -> str | None:
@@ -30,7 +31,7 @@ def t2l_table(records) -> str | None:
         return None
     lines = ["| model | held-out task | T2L (variant, mode, descriptions) | base | library LoRAs: avg | library mean "
              "| multi-task LoRA | Arrow | ICL | DnD: mean ± std | T2L: mean ± std | adapters | T2L − base (p) "
-             "| T2L − library avg | hypernetwork: seen cos (label) |", "|" + "---|" * 15]
+             "| T2L − library avg | T2L − library mean (p) | hypernetwork: seen cos (label) |", "|" + "---|" * 16]
     for model, budget, task, variant in configs:
         mine = [c for c in cells if (c["model"], c["budget"], c["task"]) == (model, budget, task)]
         # the multi-task LoRA trains the whole library's worth of steps for one target: any budget, named
@@ -42,15 +43,17 @@ def t2l_table(records) -> str | None:
         base = [c for c in mine if c["impl"] == "base"]
         members = {c["details"].get("member_task"): c["acc"] for c in mine
                    if c["impl"] == "dnd_control" and c["mode"] == "member"}
-        mean = [c["acc"] for c in mine if c["impl"] == "dnd_control" and c["mode"] == "mean"]
+        mean_cells = [c for c in mine if c["impl"] == "dnd_control" and c["mode"] == "mean"]
+        mean = [c["acc"] for c in mean_cells]
         dnd = [c["acc"] for c in mine if c["impl"] == "dnd"]
         accs = [c["acc"] for c in t2l]
         avg = statistics.fmean(members.values()) if members else None
         t2l_mean = statistics.fmean(accs)
         std = statistics.stdev(accs) if len(accs) > 1 else float("nan")
         delta, p = paired(base[:1], t2l)
+        d_mean, p_mean = paired(mean_cells[:1], t2l)
         d = t2l[0]["details"]
-        source = d.get("description_source", "").split(":")[0]
+        source = re.split(r"[:(]", d.get("description_source", ""))[0].strip()  # aligned, unaligned, random, custom
         label = f"{d.get('variant')}, {d.get('mode')}, {source}"
         check = d.get("reconstruction") or {}
         hyper = f"{check['seen_cosine']:.3f} ({check['label']})" if check else "— (not checked)"
@@ -67,7 +70,8 @@ def t2l_table(records) -> str | None:
                      f"| {_fmt(arrow[0]['acc'] if arrow else None)} | {_fmt(icl[0]['acc'] if icl else None)} "
                      f"| {dnd_text} | {t2l_mean:.3f} ± {_fmt(std)} | {len(accs)} "
                      f"| {_fmt(delta, '+.3f')} ({_fmt(p, '.3g')}) "
-                     f"| {_fmt(t2l_mean - avg, '+.3f') if avg is not None else '—'} | {hyper} |")
+                     f"| {_fmt(t2l_mean - avg, '+.3f') if avg is not None else '—'} "
+                     f"| {_fmt(d_mean, '+.3f')} ({_fmt(p_mean, '.3g')}) | {hyper} |")
     seen = seen_task_table(cells)
     return "\n".join(lines) + "\n" + (f"\n{SEEN_INTRO}\n\n{seen}" if seen else "")
 

@@ -37,15 +37,19 @@ def t2l_table(records) -> str | None:
         # the multi-task LoRA trains the whole library's worth of steps for one target: any budget, named
         others = [c for c in cells if (c["model"], c["task"]) == (model, task)]
         multitask = [c for c in others if c["impl"] == "multitask_lora"]
-        arrow = [c for c in mine if c["impl"] == "arrow"]
-        icl = [c for c in mine if c["impl"] == "icl"]
+        # the controls score the same items whatever the budget: those of T2L's budget, else of a budget that has base
+        ref_budget = budget if any(c["impl"] == "base" for c in mine) else \
+            min((c["budget"] for c in others if c["impl"] == "base"), default=budget)
+        ref = [c for c in others if c["budget"] == ref_budget]
+        arrow = [c for c in ref if c["impl"] == "arrow"]
+        icl = [c for c in ref if c["impl"] == "icl"]
         t2l = [c for c in mine if c["impl"] == "t2l" and c["variant"] == variant]
-        base = [c for c in mine if c["impl"] == "base"]
-        members = {c["details"].get("member_task"): c["acc"] for c in mine
+        base = [c for c in ref if c["impl"] == "base"]
+        members = {c["details"].get("member_task"): c["acc"] for c in ref
                    if c["impl"] == "dnd_control" and c["mode"] == "member"}
-        mean_cells = [c for c in mine if c["impl"] == "dnd_control" and c["mode"] == "mean"]
+        mean_cells = [c for c in ref if c["impl"] == "dnd_control" and c["mode"] == "mean"]
         mean = [c["acc"] for c in mean_cells]
-        dnd = [c["acc"] for c in mine if c["impl"] == "dnd"]
+        dnd = [c["acc"] for c in ref if c["impl"] == "dnd"]
         accs = [c["acc"] for c in t2l]
         avg = statistics.fmean(members.values()) if members else None
         t2l_mean = statistics.fmean(accs)
@@ -55,6 +59,8 @@ def t2l_table(records) -> str | None:
         d = t2l[0]["details"]
         source = re.split(r"[:(]", d.get("description_source", ""))[0].strip()  # aligned, unaligned, random, custom
         label = f"{d.get('variant')}, {d.get('mode')}, {source}"
+        if ref_budget != budget:
+            label += f" ({budget}; controls under {ref_budget})"
         check = d.get("reconstruction") or {}
         hyper = f"{check['seen_cosine']:.3f} ({check['label']})" if check else "— (not checked)"
         if check.get("gain_recovered") is not None:

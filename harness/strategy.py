@@ -5,7 +5,9 @@ in-context prefix, or nothing, plus the cost of every phase that produced it.
 """
 from __future__ import annotations
 
+import abc
 import difflib
+import inspect
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -84,7 +86,7 @@ class ReportPage:
     render: Callable[[list], str | None]  # finished records [(folder, record)] → Markdown; None leaves it out
 
 
-class Strategy:
+class Strategy(abc.ABC):
     """What a strategy is to the harness: `adapt`, and hooks whose defaults suit a strategy that needs none.
 
     Subclass it and register the class under the entry point group `harness.strategies` (pyproject.toml:
@@ -129,9 +131,9 @@ class Strategy:
         """`harness list NAME` pages this strategy adds: NAME → a function printing the page. Default: none."""
         return {}
 
+    @abc.abstractmethod
     def adapt(self, ctx: AdaptContext) -> Adaptation:
         """Turn (model, task pool, budget) into an Adaptation with the cost of every phase that made it."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement adapt")
 
 
 HOOKS = tuple(name for name in vars(Strategy) if not name.startswith("_"))
@@ -145,7 +147,7 @@ def register(name: str, cls: type) -> type[Strategy]:
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise HarnessError(f"strategy {name!r}: {cls!r} is not a subclass of harness.strategy.Strategy: "
                            "derive it from Strategy")
-    if cls.adapt is Strategy.adapt:
+    if inspect.isabstract(cls):
         raise HarnessError(f"strategy {name!r}: {cls.__name__} defines no adapt method: add one")
     ours = [k for k in cls.__mro__ if k not in (Strategy, object)  # its helper bases, not other libraries' classes
             and (issubclass(k, Strategy) or k.__module__.split(".")[0] == cls.__module__.split(".")[0])]

@@ -104,7 +104,8 @@ def test_a_misspelled_hook_fails_registration(typo, hook):
         register("typo", sub)
     mixin = type("Mixin", (), {typo: lambda self, *a: False})  # a helper class of the same package
     with pytest.raises(HarnessError, match=rf"Mixin\.{typo} .* did you mean {hook}\?"):
-        register("typo", type("Mixed", (mixin, Strategy), {"adapt": adapt}))
+        # (a class statement sets __module__; type() through Strategy's ABCMeta would record "abc")
+        register("typo", type("Mixed", (mixin, Strategy), {"adapt": adapt, "__module__": __name__}))
     assert "typo" not in STRATEGIES
 
 

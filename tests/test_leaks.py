@@ -120,7 +120,7 @@ def test_dnd_refuses_a_library_task_that_reads_the_targets_dataset():
     """Leakage is a matter of data, not of names: a target under another name is still caught."""
     from omegaconf import OmegaConf
 
-    from baselines.dnd.strategy import _LibraryStrategy
+    from baselines.dnd.strategy import DragAndDrop
     from harness.errors import HarnessError
     from harness.tasks import dataset_identity
 
@@ -129,5 +129,5 @@ def test_dnd_refuses_a_library_task_that_reads_the_targets_dataset():
     cfg = compose("task=arc_easy", "strategy=dnd", "strategy.library=[arc_easy,piqa]")
     OmegaConf.update(cfg, "task.name", "arc_easy_renamed")
     with pytest.raises(HarnessError, match="reads the target's dataset allenai/ai2_arc/ARC-Easy"):
-        _LibraryStrategy().validate_cell(cfg)
-    _LibraryStrategy().validate_cell(compose("task=arc_challenge", "strategy=dnd", "strategy.library=[arc_easy,piqa]"))
+        DragAndDrop().validate_cell(cfg)
+    DragAndDrop().validate_cell(compose("task=arc_challenge", "strategy=dnd", "strategy.library=[arc_easy,piqa]"))

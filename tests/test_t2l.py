@@ -109,7 +109,8 @@ def _run(runs, *overrides, strategy="t2l"):
 
     base = SMALL[:5]  # model, task, items, budget: every strategy; the library keys: those that read one
     library = [*base, LIBRARY, *SMALL[6:9]]  # the library keys (the same LoRAs as the t2l cells')
-    settings = SMALL if strategy.startswith("t2l") else library if strategy in ("multitask_lora", "arrow") else base
+    settings = SMALL if strategy.startswith("t2l") else library if strategy in ("multitask_lora", "arrow", "dnd_mean") \
+        else base
     folder = run_cell(compose(*settings, f"strategy={strategy}", f"runs_dir={runs}", *overrides))
     return folder, json.loads((folder / "record.json").read_text())
 
@@ -159,17 +160,26 @@ def test_t2l_cell_end_to_end_on_dnds_library(runs, fresh_tiny):
     from harness import report
 
     _, base = _run(runs, strategy="base")
+    _, library_mean = _run(runs, strategy="dnd_mean")
+    # a T2L cell under another budget (the hypernetwork reused): its row takes the controls of the budget with base
+    _, other_budget = _run(runs, "budget=flops_1e13")
+    assert {c["phase"]: c["details"].get("reused") for c in other_budget["costs"]}["meta_train"] is True
     out = runs / "report"
     report.build(out, runs_dir=runs)
     held_out = (out / "t2l_loo.md").read_text().split("**Seen tasks**")[0]
     rows = [line for line in held_out.splitlines() if "| arc_easy |" in line]
-    assert len(rows) == 3  # aligned (two descriptions), unaligned, custom
-    aligned = [c.strip() for c in next(r for r in rows if "M, recon, aligned" in r).strip("|").split("|")]
+    assert len(rows) == 4  # aligned (two descriptions), unaligned, custom; aligned under flops_1e13
+    moved = [c.strip() for c in next(r for r in rows if "flops_1e13" in r).strip("|").split("|")]
+    assert moved[2] == "M, recon, aligned (flops_1e13; controls under flops_3e12)"
+    assert moved[3] == f"{base['metrics']['acc']:.3f}" and moved[5] == f"{library_mean['metrics']['acc']:.3f}"
+    aligned = [c.strip() for c in next(r for r in rows if "| M, recon, aligned |" in r).strip("|").split("|")]
     mean = (record["metrics"]["acc"] + second["metrics"]["acc"]) / 2
     assert aligned[3] == f"{base['metrics']['acc']:.3f}" and aligned[10].startswith(f"{mean:.3f} ± ")
     assert aligned[11] == "2" and aligned[12].startswith(f"{mean - base['metrics']['acc']:+.3f} (")
     assert any("M, recon, custom" in r for r in rows) and any("M, recon, unaligned" in r for r in rows)
-    assert aligned[15].endswith(f"({details['reconstruction']['label']})") or "gain recovered" in aligned[15]
+    assert aligned[14].startswith(f"{mean - library_mean['metrics']['acc']:+.3f} (")  # T2L − library mean (p)
+    check = details["reconstruction"]
+    assert aligned[15].startswith(f"{check['seen_cosine']:.3f} ({check['label']})")
     # the seen-task table: the hypernetwork on each task it trained on, beside that task's library LoRA and base
     page = (out / "t2l_loo.md").read_text()
     for task, row in details["reconstruction"]["accuracy"].items():

@@ -372,7 +372,7 @@ def plot(board, path: Path) -> None:
     policies = ", ".join(sorted(board.one_off_policy.unique()))
     fig.suptitle(f"Score against total FLOPs at the horizon (one-off phases: {policies})", fontsize=10)
     fig.tight_layout(rect=(0, legend_h / height, 1, 1 - 0.35 / height))
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # a long legend label may reach past the figure
     plt.close(fig)
 
 

@@ -134,7 +134,10 @@ class TaskHandle:
 
     def training_example(self, doc: dict) -> tuple[str, str]:
         """(prompt, completion) to train on: as evaluated, i.e. inside the chat template when it is used."""
-        prompt, completion = self.labeled_example(doc)
+        return self.training_pair(*self.labeled_example(doc))
+
+    def training_pair(self, prompt: str, completion: str) -> tuple[str, str]:
+        """A (prompt, completion) pair as this task trains it: inside the chat template when it is used."""
         tok = self.chat_tokenizer
         if tok is None:
             return prompt, completion

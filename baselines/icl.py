@@ -19,15 +19,23 @@ from harness.errors import HarnessError
 from harness.strategy import AdaptContext, Adaptation, Strategy
 from harness.strategy_settings import settings_from
 
+MODES = ("demonstrations", "full")
+
 
 @dataclass(frozen=True)
 class InContextSettings:
     """configs/strategy/icl.yaml."""
 
-    shots: int  # demonstrations wanted; fewer when the budget or the context window cannot hold them
+    mode: str  # demonstrations: k labeled examples; full: the whole pool (Lampinen et al.'s ICL arm)
+    shots: int | None  # demonstrations wanted (null in full mode: every pool document); fewer when they do not fit
 
     def __post_init__(self) -> None:
-        as_int(self.shots, "strategy.shots", minimum=0)
+        if self.mode not in MODES:
+            raise HarnessError(f"strategy.mode must be one of {', '.join(MODES)} (got {self.mode!r})")
+        as_int(self.shots, "strategy.shots", minimum=0, allow_none=self.mode == "full")
+        if self.mode == "demonstrations" and self.shots is None:
+            raise HarnessError("strategy.shots must be set in mode demonstrations (null means the whole pool: "
+                               "strategy.mode=full)")
 
 
 def build_prefix(ctx: AdaptContext, demos: list[dict]) -> str:
@@ -45,9 +53,21 @@ class InContext(Strategy):
 
     def adapt(self, ctx: AdaptContext) -> Adaptation:
         b = ctx.budget
-        wanted = settings_from(InContextSettings, ctx.settings).shots
-        demos = ctx.task.sample_pool(wanted, ctx.seed)
+        settings = settings_from(InContextSettings, ctx.settings)
+        full = settings.mode == "full"
+        demos = ctx.task.sample_pool(settings.shots, ctx.seed)
+        wanted = len(demos)
         pricing = ctx.pricing
+        window = getattr(getattr(ctx.model, "config", None), "max_position_embeddings", None)
+        fit_window = len(demos)
+        if full and window and pricing.longest(build_prefix(ctx, demos) or None) > window:
+            # the whole pool does not fit: a seeded subsample (the shuffled pool's first documents) that does,
+            # as the paper subsamples its largest datasets
+            lo, hi = 0, len(demos)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if pricing.longest(build_prefix(ctx, demos[:mid]) or None) <= window else (lo, mid)
+            fit_window = lo
 
         cached = b.icl_pricing == "cached"
 
@@ -72,18 +92,20 @@ class InContext(Strategy):
         def cost(k: int) -> float:
             return sum(parts(k))
 
-        k = wanted
-        if cost(wanted) > b.amount:  # the price grows with k: the largest k that fits, by bisection
-            lo, hi = 0, wanted  # cost(lo) fits, cost(hi) does not
+        k = fit_window
+        if cost(k) > b.amount:  # the price grows with k: the largest k that fits, by bisection
+            lo, hi = 0, k  # cost(lo) fits, cost(hi) does not
             while hi - lo > 1:
                 mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if cost(mid) <= b.amount else (lo, mid)
             k = lo
-        bound = k < wanted
-        reason = (f"{wanted} demonstrations cost {cost(wanted):.3g} {b.kind} over the horizon; {k} fit" if bound
+        bound = k < fit_window
+        reason = (f"{fit_window} demonstrations cost {cost(fit_window):.3g} {b.kind} over the horizon; {k} fit" if bound
                   else "all demonstrations fit")
+        if fit_window < wanted:
+            reason = (f"the context window ({window} tokens) holds {fit_window} of the {wanted} pool documents "
+                      f"(a seeded subsample); " + reason)
         prefix = build_prefix(ctx, demos[:k])
-        window = getattr(getattr(ctx.model, "config", None), "max_position_embeddings", None)
         longest = pricing.longest(prefix or None)
         if window and longest > window:  # lm-eval would silently cut the oldest demonstrations
             raise HarnessError(f"icl: {k} demonstrations make queries of up to {longest} tokens, beyond the model's "
@@ -95,7 +117,9 @@ class InContext(Strategy):
         return Adaptation(
             kind="prefix" if k else "none", prefix=prefix or None, labels_used=k, budget=use,
             per_query_extra_flops=extra,
-            details={"shots_requested": wanted, "shots_used": k, "prefix_tokens": pricing.prefix_tokens(prefix),
+            details={"mode": settings.mode, "shots_requested": wanted, "shots_used": k,
+                     "pool_documents": len(ctx.task.pool_docs) if full else None,
+                     "prefix_tokens": pricing.prefix_tokens(prefix),
                      "demo_rows": _rows(ctx.task.pool_docs, demos[:k]) if k <= 64 else None,
                      "icl_pricing": b.icl_pricing, "flops_over_horizon": prices})
 

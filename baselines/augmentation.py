@@ -253,8 +253,11 @@ def _fill(template: str, unit: Unit, knowledge: bool) -> str:
 
 def plan(decoder: Decoder, prompts: Prompts, local_units: list[Unit], documents: list[Unit], kinds: tuple[str, ...],
          knowledge: bool, samples: int, local_new: int, global_new: int, rotations: int, shard_tokens: int | None,
-         prefix_cache: bool, seed: int) -> AugmentPlan:
+         prefix_cache: bool, seed: int, ask: list[Unit] | None = None) -> AugmentPlan:
+    """What augmentation will compute. Global shards pack every one of `documents` into context; only the documents
+    in `ask` (all when None) get an output, and a shard holding none of them is skipped."""
     before, after = decoder.wrap("")
+    asked = {id(d) for d in (documents if ask is None else ask)}
     local = []
     flops = flops_local = 0.0
     if "local" in kinds:
@@ -266,7 +269,8 @@ def plan(decoder: Decoder, prompts: Prompts, local_units: list[Unit], documents:
             flops_local += samples * decoder.predict(len(ids), local_new)
     shards = []
     if "global" in kinds and documents:
-        suffixes = {id(d): decoder.encode(_fill(prompts.global_ask, d, knowledge) + after) for d in documents}
+        suffixes = {id(d): decoder.encode(_fill(prompts.global_ask, d, knowledge) + after) for d in documents
+                    if id(d) in asked}
         bodies = {id(d): decoder.encode(_fill(prompts.global_document, d, knowledge) + "\n\n") for d in documents}
         head = decoder.encode(before + prompts.global_header.split("{documents}")[0])
         tail = decoder.encode(prompts.global_header.split("{documents}", 1)[-1])
@@ -292,8 +296,10 @@ def plan(decoder: Decoder, prompts: Prompts, local_units: list[Unit], documents:
                 packed[-1].append(doc)
                 used += len(bodies[id(doc)])
             for shard in packed:
+                items = [(d, suffixes[id(d)]) for d in shard if id(d) in asked]
+                if not items:
+                    continue
                 prefix = head + [t for d in shard for t in bodies[id(d)]] + tail
-                items = [(d, suffixes[id(d)]) for d in shard]
                 shards.append((prefix, items))
                 if prefix_cache:
                     flops += decoder.predict(len(prefix), 1) + sum(decoder.predict(len(s), global_new, len(prefix))

@@ -53,7 +53,8 @@ class AugmentSettings:
     rotations: int  # global: how many shufflings of the pool into shards each document is augmented in
     shard_tokens: int | None  # global: most tokens of documents in one shard (null: what the window holds)
     max_units: int | None  # local: augment at most this many units (a seeded draw; null: all)
-    max_documents: int | None  # global: augment at most this many documents (a seeded draw; null: all)
+    max_documents: int | None  # global: ask about at most this many documents (a seeded draw; null: all); all stay
+    # in context
     filter_unknown_words: bool  # knowledge pools: drop a statement using a word absent from the data and prompts
     sentence_split: str  # independent | cumulative | none (knowledge pools)
     chat: bool  # prompt through the generator's chat template, when it has one
@@ -156,14 +157,14 @@ class IclAugmentedFineTuning(Strategy):
         local_units = list(distinct.values()) if knowledge else documents
         if a.max_units is not None and len(local_units) > a.max_units:
             local_units = sorted(rng.sample(local_units, a.max_units), key=lambda u: (u.doc, u.text))
-        global_docs = documents
-        if a.max_documents is not None and len(global_docs) > a.max_documents:
-            global_docs = sorted(rng.sample(global_docs, a.max_documents), key=lambda u: u.doc)
+        asked = documents  # global: every document sits in context; these are the ones asked about
+        if a.max_documents is not None and len(asked) > a.max_documents:
+            asked = sorted(rng.sample(asked, a.max_documents), key=lambda u: u.doc)
 
         costs, augmented, stats, spent, plan_info = [], [], None, 0.0, {}
         if a.kinds:
-            cost, raw, stats, plan_info = self._augment(ctx, tuning, prompts, knowledge, local_units, global_docs,
-                                                        originals)
+            cost, raw, stats, plan_info = self._augment(ctx, tuning, prompts, knowledge, local_units, documents,
+                                                        asked, originals)
             if stats.outputs and not any(
                     (aug.parse_statements(t, prompts.stop) if knowledge
                      else aug.parse_passage(t, prompts.stop, first_line=k == "local")) for _, k, t in raw):
@@ -200,7 +201,7 @@ class IclAugmentedFineTuning(Strategy):
                      "augment": stats.to_dict() if stats else None})
 
     def _augment(self, ctx: AdaptContext, tuning: IclAugSettings, prompts: aug.Prompts, knowledge: bool,
-                 local_units: list[aug.Unit], global_docs: list[aug.Unit], originals):
+                 local_units: list[aug.Unit], documents: list[aug.Unit], asked: list[aug.Unit], originals):
         """Plan, check the budget, then write each kind of augmentation, or reuse it: each kind is an artifact
         keyed by everything that determines it (generator, prompts, units, settings, the augmentation's seed),
         built once under the artifact lock in the model's shared folder and reused by the cells that ask for the
@@ -209,11 +210,13 @@ class IclAugmentedFineTuning(Strategy):
         a = tuning.augment
         model, tokenizer, generator = self._generator(ctx, a)
         decoder = aug.Decoder(model, tokenizer, None, a.chat, generator)
-        work = aug.plan(decoder, prompts, local_units, global_docs, tuple(a.kinds), knowledge, a.samples,
+        work = aug.plan(decoder, prompts, local_units, documents, tuple(a.kinds), knowledge, a.samples,
                         a.max_new_tokens, a.global_max_new_tokens, a.rotations, a.shard_tokens, a.prefix_cache,
-                        a.seed)
+                        a.seed, ask=asked)
         self._check_budget(ctx, tuning, originals, work)
+        in_context = hashlib.sha256(json.dumps([(u.doc, u.context, u.text) for u in documents]).encode()).hexdigest()
         identity = {"model": ctx.model_cfg or ctx.model_name, "generator": generator, "prompts": _digest(prompts.path),
+                    "pool": in_context,
                     "settings": {k: getattr(a, k) for k in ("samples", "temperature", "max_new_tokens",
                                                              "global_max_new_tokens", "prefix_cache", "rotations",
                                                              "shard_tokens", "chat", "seed")}}

@@ -88,6 +88,22 @@ def test_global_augmentation_encodes_the_shared_prefix_once_and_writes_the_same_
         assert cost.phase == "augment" and cost.wall_s > 0
 
 
+def test_global_asks_about_the_drawn_documents_with_every_document_in_context(tiny):
+    from baselines import augmentation as aug
+
+    prompts = aug.Prompts.load("knowledge")
+    docs = [aug.Unit(i, "Did you know that", t) for i, t in enumerate(KNOWLEDGE_DOCS)]
+    decoder = _decoder(tiny, None)
+    whole = aug.plan(decoder, prompts, [], docs, ("global",), True, 1, 8, 12, 1, None, True, seed=0)
+    drawn = aug.plan(decoder, prompts, [], docs, ("global",), True, 1, 8, 12, 1, None, True, seed=0, ask=[docs[1]])
+    (prefix, items), = drawn.shards
+    assert prefix == whole.shards[0][0]  # the same context: all three documents
+    assert [u for u, _ in items] == [docs[1]] and drawn.flops_upper < whole.flops_upper
+    # shards of one document each: only the drawn document's shard is computed
+    narrow = aug.plan(decoder, prompts, [], docs, ("global",), True, 1, 8, 12, 1, 20, True, seed=0, ask=[docs[2]])
+    assert [[u for u, _ in items] for _, items in narrow.shards] == [[docs[2]]]
+
+
 def test_local_augmentation_samples_and_parses_on_tiny_random(tiny):
     from baselines import augmentation as aug
     from harness.costs import PhaseMeter

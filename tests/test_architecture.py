@@ -13,7 +13,8 @@ from conftest import ROOT, compose
 BUILT_IN = {"base": "baselines.base:Base", "icl": "baselines.icl:InContext", "lora": "baselines.lora:LoraTuning",
             "adapter": "baselines.adapter:ExistingAdapter", "dnd": "baselines.dnd.strategy:DragAndDrop",
             "dnd_control": "baselines.dnd.controls:LibraryControl", "t2l": "baselines.t2l.strategy:TextToLoRA",
-            "multitask_lora": "baselines.t2l.multitask:MultitaskLora", "arrow": "baselines.t2l.arrow:ArrowRouting"}
+            "multitask_lora": "baselines.t2l.multitask:MultitaskLora", "arrow": "baselines.t2l.arrow:ArrowRouting",
+            "icl_aug_ft": "baselines.icl_aug_ft:IclAugmentedFineTuning"}
 
 
 def imports_of(source: str) -> list[tuple[int, str]]:
@@ -71,7 +72,8 @@ def test_strategies_contribute_report_and_list_pages_through_the_registry():
     from harness.strategy import get_strategy, list_pages, report_pages
 
     # dnd's pages are offered by every strategy on its library (dnd, dnd_control, multitask_lora, arrow): once
-    assert list(report_pages()) == ["dnd_loo.md", "dnd_library.md", "dnd_speedup.md", "t2l_loo.md"]
+    assert list(report_pages()) == ["dnd_loo.md", "dnd_library.md", "dnd_speedup.md", "icl_vs_ft.md",
+                                    "t2l_loo.md"]
     assert list_pages() == {"dnd-presets": print_presets, "t2l-presets": print_t2l_presets}
     base = get_strategy("base")  # the defaults: no check, no extra input, no one-off phase, no page
     cfg = compose("strategy=base")

@@ -47,7 +47,7 @@ def test_bad_names_and_overrides(capsys, runs, override, expected):
 
 def test_unknown_value_inside_a_sweep(capsys, runs):
     code, _, err = run_cli(capsys, "run", "-m", "strategy=base,icll", "task=arc_easy")
-    assert code == 2 and "unknown strategy 'icll'" in err and "icl, lora" in err
+    assert code == 2 and "unknown strategy 'icll'" in err and "icl, icl_aug_ft" in err
 
 
 def test_adapter_path_that_does_not_exist(capsys, runs, tmp_path):

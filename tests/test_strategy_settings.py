@@ -18,6 +18,7 @@ def _types():
     from baselines.dnd.config import DnDSettings, LibraryControlSettings, MetaTrainSettings
     from baselines.dnd.library import CollectSettings
     from baselines.icl import InContextSettings
+    from baselines.icl_aug_ft import AugmentSettings, IclAugSettings
     from baselines.lora import LoraTuningSettings
     from baselines.t2l.arrow import ArrowSettings
     from baselines.t2l.config import HypernetSettings, T2LSettings
@@ -26,8 +27,8 @@ def _types():
 
     by_impl = {"lora": LoraTuningSettings, "icl": InContextSettings, "adapter": AdapterSettings,
                "dnd": DnDSettings, "dnd_control": LibraryControlSettings, "t2l": T2LSettings,
-               "multitask_lora": MultitaskSettings, "arrow": ArrowSettings}
-    return by_impl, [*by_impl.values(), MetaTrainSettings, CollectSettings, LoraSettings, HypernetSettings]
+               "multitask_lora": MultitaskSettings, "arrow": ArrowSettings, "icl_aug_ft": IclAugSettings}
+    return by_impl, [*by_impl.values(), AugmentSettings, MetaTrainSettings, CollectSettings, LoraSettings, HypernetSettings]
 
 
 def _one_line_error(overrides, match):

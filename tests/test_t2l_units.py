@@ -52,7 +52,8 @@ def test_output_shapes_and_flops_against_torch_counter(variant):
     # different descriptions give different LoRAs; one description gives the same LoRA in every batch position
     assert not torch.allclose(out["q_proj"][0][0], out["q_proj"][0][1])
     again = net(emb[:1].expand(2, -1))
-    assert torch.allclose(again["v_proj"][1][0], again["v_proj"][1][1])
+    # (to float32 rounding: batch positions may take different BLAS kernels on some CPUs)
+    assert torch.allclose(again["v_proj"][1][0], again["v_proj"][1][1], atol=1e-6)
 
 
 def test_bias_hyperinit_gives_peft_init_at_step_zero(fresh_tiny):

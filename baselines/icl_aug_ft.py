@@ -32,7 +32,7 @@ from harness.strategy_settings import settings_from
 from harness.trainer import predict_train_flops
 
 from baselines import augmentation as aug
-from baselines.lora import LoraTuningSettings, tune
+from baselines.lora import LoraTuningSettings, labeled_allowed, tune
 
 KINDS = ("local", "global")
 SPLITS = ("independent", "cumulative", "none")
@@ -138,15 +138,8 @@ class IclAugmentedFineTuning(Strategy):
         # The whole pool in its own order (the trainer shuffles by seed): what augmentation reads is then the same
         # for every seed, and its outputs are built once; a k-shot or label-limited draw is the seed's own.
         whole = tuning.shots is None and b.kind != "examples"
-        docs = ctx.task.pool_docs if whole else ctx.task.sample_pool(tuning.shots, ctx.seed)
-        labels_cut = ""
-        if b.kind == "examples":
-            allowed = int(b.amount)
-            if allowed < 1:
-                raise BudgetTooSmall(f"budget {b.name} allows no labeled example: set budget.amount >= 1")
-            if len(docs) > allowed:
-                labels_cut = f"the budget allows {allowed} labeled examples of the {len(docs)} drawn"
-                docs = docs[:allowed]
+        drawn = ctx.task.pool_docs if whole else ctx.task.sample_pool(tuning.shots, ctx.seed)
+        docs, labels_cut = labeled_allowed(b, drawn)
         knowledge = bool(docs) and all(d.get("kind") == "statement" for d in docs)
         prompts = aug.Prompts.load(a.prompts if a.prompts != "auto" else ("knowledge" if knowledge else "task"))
         documents, sentences, originals = self._units(ctx, docs, knowledge, a.sentence_split)

@@ -51,15 +51,7 @@ class LoraTuning(Strategy):
         b = ctx.budget
         tuning = settings_from(LoraTuningSettings, ctx.settings)
         shots = tuning.shots
-        docs = ctx.task.sample_pool(shots, ctx.seed)
-        labels_cut = ""
-        if b.kind == "examples":  # the budget counts distinct labeled examples: the first `amount` of the draw
-            allowed = int(b.amount)
-            if allowed < 1:
-                raise BudgetTooSmall(f"budget {b.name} allows no labeled example: set budget.amount >= 1")
-            if len(docs) > allowed:
-                labels_cut = f"the budget allows {allowed} labeled examples of the {len(docs)} drawn"
-                docs = docs[:allowed]
+        docs, labels_cut = labeled_allowed(b, ctx.task.sample_pool(shots, ctx.seed))
         examples = [ctx.task.training_example(d) for d in docs]
         result, cost, use, per_query_extra, n_lora = tune(ctx, tuning, examples, labels_cut=labels_cut)
         labels = min(result.sequences_processed, len(examples))
@@ -69,6 +61,19 @@ class LoraTuning(Strategy):
             details={"mode": "few-shot" if shots is not None else "full-shot", "pool_examples": len(examples),
                      "steps": result.steps, "sequences_processed": result.sequences_processed,
                      "trajectory": result.trajectory, "losses": result.losses})
+
+
+def labeled_allowed(b, docs: list[dict]) -> tuple[list[dict], str]:
+    """The drawn pool documents an `examples` budget lets a cell train on (the first `amount` of the draw; other
+    budgets: all), and a note when it cut some."""
+    if b.kind != "examples":
+        return docs, ""
+    allowed = int(b.amount)
+    if allowed < 1:
+        raise BudgetTooSmall(f"budget {b.name} allows no labeled example: set budget.amount >= 1")
+    if len(docs) <= allowed:
+        return docs, ""
+    return docs[:allowed], f"the budget allows {allowed} labeled examples of the {len(docs)} drawn"
 
 
 def tune(ctx: AdaptContext, tuning: LoraTuningSettings, examples: list[tuple[str, str]], labels_cut: str = "",

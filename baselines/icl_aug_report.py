@@ -104,8 +104,8 @@ def generalization_table(records) -> str | None:
     lines += ["| " + " | ".join(str(x) for x in line) + " |" for line in body]
     lines += ["", "Cost per cell (mean over the cells of each arm):", "",
               "| arm | cells | augment FLOPs | train FLOPs | train tokens | augmented examples "
-              "| per-query extra FLOPs |",
-              "|---|---|---|---|---|---|---|"]
+              "| per-query extra FLOPs | train loss, first 5 → last 5 steps |",
+              "|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         group = [r for _, r in costs.get(arm, [])]
         if not group:
@@ -122,8 +122,23 @@ def generalization_table(records) -> str | None:
                      f"| {_fmt(mean_of(lambda r: phase(r, 'train')), '.3g')} "
                      f"| {_fmt(mean_of(lambda r: details(r).get('train_tokens') or _tokens(r)), '.0f')} "
                      f"| {_fmt(mean_of(lambda r: details(r).get('augmented_examples')), '.0f')} "
-                     f"| {_fmt(mean_of(lambda r: (r.get('adaptation') or {}).get('per_query_extra_flops')), '.3g')} |")
+                     f"| {_fmt(mean_of(lambda r: (r.get('adaptation') or {}).get('per_query_extra_flops')), '.3g')} "
+                     f"| {_loss_drop(mean_of(lambda r: _ends(r, 0)), mean_of(lambda r: _ends(r, -1)))} |")
     return "\n".join(lines) + "\n"
+
+
+def _ends(record: dict, end: int, n: int = 5):
+    """Mean training loss over the first (end=0) or last (end=-1) n optimizer steps of a trained cell; None for an
+    arm that trains nothing. The diagnostic that a fine-tuned arm learned its data, whatever it scores."""
+    losses = ((record.get("adaptation") or {}).get("details") or {}).get("losses") or []
+    if not losses:
+        return None
+    part = losses[:n] if end == 0 else losses[-n:]
+    return statistics.fmean(part)
+
+
+def _loss_drop(first, last) -> str:
+    return "—" if first is None or last is None else f"{first:.2f} → {last:.2f}"
 
 
 def _tokens(record: dict):

@@ -215,3 +215,52 @@ def test_full_context_icl_puts_the_whole_pool_in_context_or_a_seeded_subsample(t
     assert details["pool_documents"] == n_pool and 0 < details["shots_used"] < n_pool
     assert "holds" in record["adaptation"]["budget"]["stop_reason"]
     assert details["prefix_tokens"] <= 1024
+
+
+def test_icl_vs_ft_page_on_records_with_known_outcomes(tmp_path):
+    """The report page on hand-built cells: accuracy per arm (seeds averaged per item), each augmented arm's paired
+    difference from FT and from full-context ICL with McNemar's p and Holm over the table, and the loss diagnostic."""
+    from scipy.stats import binomtest
+    from test_report import _record
+
+    from baselines.icl_aug_report import generalization_table
+    from harness import report, store
+
+    ft = [1, 0, 0, 0, 1, 0, 0, 0, 1, 0]  # 0.3
+    aug = [1, 1, 1, 0, 1, 1, 0, 1, 1, 0]  # 0.7: 4 wins, 0 losses vs FT; 3 wins, 2 losses vs ICL
+    icl = [1, 1, 0, 0, 1, 0, 1, 0, 1, 1]  # 0.6
+
+    def cell(name, outcomes, seed, impl, strategy, losses=None, augment_flops=None):
+        folder = _record(tmp_path / f"{name}{seed}", name, outcomes, seed=seed, task="gen_reversals", impl=impl)
+        r = json.loads((folder / "record.json").read_text())
+        r["config"]["strategy"].update(strategy)
+        if losses:
+            r["adaptation"]["details"] = {"losses": losses}
+            r["costs"].insert(0, {"phase": "train", "flops_measured": 1000.0, "wall_s": 1.0})
+        if augment_flops:
+            r["costs"].insert(0, {"phase": "augment", "flops_measured": augment_flops, "wall_s": 1.0})
+        store.write_json_atomic(folder / "record.json", r)
+
+    cell("base", [0] * 10, 0, "base", {})
+    cell("icl_full", icl, 0, "icl", {"mode": "full"})
+    cell("lora", ft, 0, "lora", {}, losses=[4.0] * 5 + [3.0] * 10 + [2.0] * 5)
+    cell("lora", ft, 1, "lora", {}, losses=[6.0] * 5 + [3.0] * 10 + [1.0] * 5)
+    for seed in (0, 1):
+        cell("icl_aug_ft_local", aug, seed, "icl_aug_ft", {"augment": {"kinds": ["local"], "generator": None}},
+             losses=[5.0] * 5 + [1.0] * 5, augment_flops=3e9)
+    page = generalization_table(report.collect(runs_dir=tmp_path))
+    head, _, row = page.splitlines()[:3]
+    assert head == ("| model | budget | task (split) | base | ICL (full context) | FT | aug: local | aug: local − FT "
+                    "| aug: local − ICL (full context) |")
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    assert cols[:3] == ["m", "b", "gen_reversals"]
+    assert [c.split(" [")[0] for c in cols[3:7]] == ["0.000", "0.600", "0.300", "0.700"]
+    assert cols[5].endswith("(2)") and cols[6].endswith("(2)") and cols[4].endswith("(1)")
+    p_ft, p_icl = binomtest(0, 4, 0.5).pvalue, binomtest(2, 5, 0.5).pvalue  # 0.125 and 1.0
+    assert (p_ft, p_icl) == (0.125, 1.0)
+    assert cols[7] == "+0.400 (p 0.12; Holm 0.25)"  # Holm over the two: 2 · 0.125, then max(0.25, 1.0)
+    assert cols[8] == "+0.100 (p 1; Holm 1)"
+    costs = {line.split(" | ")[0].strip("| "): line for line in page.splitlines() if line.startswith("| ")}
+    assert costs["FT"].endswith("| 5.00 → 1.50 |")  # first five steps: (4 + 6)/2; last five: (2 + 1)/2
+    assert costs["aug: local"].endswith("| 5.00 → 1.00 |") and "| 3e+09 |" in costs["aug: local"]
+    assert costs["base"].endswith("| — |")

@@ -136,7 +136,8 @@ def test_exiting_before_the_tests_ran_is_never_a_pass(task):
 
 # References that need more CPU than the benchmark's limit (3 s, harness/codeeval.py) fail under it, as
 # they would under lm-eval's grader: the limit stays the benchmark's. Task 123's reference sums divisors by
-# brute force up to 9999, about 4.5 s of CPU here in either config. Time must be all it lacks.
+# brute force up to 9999: about 4.5 s of CPU on the machine this was written on, 2.05 s on a faster one, so
+# its verdict depends on the CPU. It may pass or be stopped by the CPU timer; time must be all it lacks.
 MBPP_SLOW_REFERENCES = {"full": {123}, "sanitized": {123}}
 
 
@@ -149,12 +150,15 @@ def test_mbpp_reference_solutions_pass_their_tests(config):
 
     rows = _rows("google-research-datasets", "mbpp", config, "test.jsonl")
     grades = grade_programs([mbpp_program(r, r["code"]) for r in rows])
+    slow_ids = MBPP_SLOW_REFERENCES[config]
     failed = {r["task_id"]: g for r, g in zip(rows, grades) if not g["passed"]}
-    assert set(failed) == MBPP_SLOW_REFERENCES[config], failed
+    assert set(failed) <= slow_ids, failed
     # Stopped by the CPU timer (the kernel's tick-based CPU clock may read a few ms off the exit's count)
     assert all(g["status"] == "cpu_limit" and g["cpu_s"] > 0.95 * TIMEOUT_S for g in failed.values()), failed
-    assert max(g["cpu_s"] for g in grades if g["passed"]) < TIMEOUT_S / 3  # the others are far from it
-    slow = [r for r in rows if r["task_id"] in failed]
+    others = [g["cpu_s"] for r, g in zip(rows, grades) if r["task_id"] not in slow_ids]
+    slow_cpu = [g["cpu_s"] for r, g in zip(rows, grades) if r["task_id"] in slow_ids]
+    assert max(others) < TIMEOUT_S / 3 < min(slow_cpu)  # the others are far from the limit; the slow ones near it
+    slow = [r for r in rows if r["task_id"] in slow_ids]
     given_time = grade_programs([mbpp_program(r, r["code"]) for r in slow], limits=cpu_time_limits(60))
     assert [g["status"] for g in given_time] == ["ok"] * len(slow), given_time
 

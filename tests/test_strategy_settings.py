@@ -28,7 +28,8 @@ def _types():
     by_impl = {"lora": LoraTuningSettings, "icl": InContextSettings, "adapter": AdapterSettings,
                "dnd": DnDSettings, "dnd_control": LibraryControlSettings, "t2l": T2LSettings,
                "multitask_lora": MultitaskSettings, "arrow": ArrowSettings, "icl_aug_ft": IclAugSettings}
-    return by_impl, [*by_impl.values(), AugmentSettings, MetaTrainSettings, CollectSettings, LoraSettings, HypernetSettings]
+    return by_impl, [*by_impl.values(), AugmentSettings, MetaTrainSettings, CollectSettings, LoraSettings,
+                     HypernetSettings]
 
 
 def _one_line_error(overrides, match):

@@ -19,6 +19,9 @@ class AdapterSettings:
 
 
 class ExistingAdapter(Strategy):
+    def adapts_images(self, settings) -> bool:
+        return True  # a given peft adapter for this model, whatever its task shows
+
     def validate(self, settings) -> None:
         path = settings_from(AdapterSettings, settings).path
         if not path:

@@ -4,6 +4,9 @@ from harness.strategy import AdaptContext, Adaptation, Strategy
 
 
 class Base(Strategy):
+    def adapts_images(self, settings) -> bool:
+        return True  # nothing to adapt: the VLM as it is
+
     def uses_seed(self, settings) -> bool:
         return False
 

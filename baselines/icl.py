@@ -40,7 +40,7 @@ class InContextSettings:
 
 def build_prefix(ctx: AdaptContext, demos: list[dict]) -> str:
     delim = ctx.task.task.config.fewshot_delimiter
-    return "".join(p + c + delim for p, c in (ctx.task.labeled_example(d) for d in demos))
+    return "".join(p + c + delim for p, c in (ctx.task.demonstration(d) for d in demos))
 
 
 def _rows(pool: list[dict], docs: list[dict]) -> list[int]:
@@ -48,6 +48,9 @@ def _rows(pool: list[dict], docs: list[dict]) -> list[int]:
 
 
 class InContext(Strategy):
+    def adapts_images(self, settings) -> bool:
+        return True  # text demonstrations (without their images) before the query and its image
+
     def validate(self, settings) -> None:
         settings_from(InContextSettings, settings)
 
@@ -58,7 +61,8 @@ class InContext(Strategy):
         demos = ctx.task.sample_pool(settings.shots, ctx.seed)
         wanted = len(demos)
         pricing = ctx.pricing
-        window = getattr(getattr(ctx.model, "config", None), "max_position_embeddings", None)
+        config = getattr(ctx.model, "config", None)  # a VLM's window is its language model's
+        window = getattr(config.get_text_config() if config is not None else None, "max_position_embeddings", None)
         fit_window = len(demos)
         if full and window and pricing.longest(build_prefix(ctx, demos) or None) > window:
             # the whole pool does not fit: a seeded subsample (the shuffled pool's first documents) that does,

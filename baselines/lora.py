@@ -44,6 +44,9 @@ class LoraTuningSettings(LoraSettings):
 
 
 class LoraTuning(Strategy):
+    def adapts_images(self, settings) -> bool:
+        return True  # the shared trainer takes images through the processor; LoRA on the language model
+
     def validate(self, settings) -> None:
         settings_from(LoraTuningSettings, settings)
 

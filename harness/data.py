@@ -130,4 +130,24 @@ def _load_from_hub(ref: SplitRef, tried: Path | None) -> list[dict]:
         raise HarnessError(f"could not load {ref} ({where}; Hub said: {first[:200]}): {fix}") from None
     if len(ds) == 0:
         raise HarnessError(f"{ref} on the Hub has no rows: check the task's dataset and split, or {fix}")
-    return [dict(row) for row in ds]
+    return [hub_row(dict(row), ref, i) for i, row in enumerate(ds)]
+
+
+def hub_row(row: dict, ref: SplitRef, index: int) -> dict:
+    """A Hub row as plain JSON values: a decoded image (a PIL image, as `datasets` gives an Image feature) is saved
+    once as a PNG under HARNESS_CACHE_DIR/images and replaced by that file's path, so rows from the Hub and from
+    the offline mirror (whose images are files beside the .jsonl) are read alike and fingerprinted alike."""
+    from harness.settings import cache_dir
+
+    out = {}
+    for key, value in row.items():
+        if hasattr(value, "save") and hasattr(value, "mode"):  # a PIL image
+            file = cache_dir() / "images" / ref.path / (ref.name or "default") / ref.split / f"{index}_{key}.png"
+            if not file.is_file():
+                file.parent.mkdir(parents=True, exist_ok=True)
+                partial = file.with_suffix(".partial.png")
+                value.save(partial, format="PNG")
+                partial.replace(file)
+            value = str(file)
+        out[key] = value
+    return out

@@ -19,6 +19,7 @@ from harness.flops import ModelShape
 from harness.models import ARROW, adapter_problem, arrow_routing
 from harness.scoring import SCORERS, padding_within, shared_context_loglikelihoods
 from harness.tasks import TaskHandle, quiet_lm_eval
+from harness.vision import is_vision_model
 
 
 @dataclass
@@ -335,12 +336,20 @@ def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices:
         lm = make_lm(model_dir, adapter_dir=adaptation.adapter_dir if adaptation.kind == "adapter" else None,
                      engine_cfg=engine_cfg, meter=meter, shape=ModelShape.of(model), tokenizer=tokenizer,
                      seed=seed)
+    elif task.multimodal:  # lm-eval's multimodal HF model, with the processor's images (harness/evaluate_vision.py)
+        from harness.evaluate_vision import metered_vlm_class
+
+        if task.processor is None:
+            raise HarnessError(f"task {task.name} shows images: evaluate it on a vision-language model")
+        lm = metered_vlm_class()(pretrained=lm_model, tokenizer=task.processor, batch_size=batch_size, meter=meter,
+                                 shape=ModelShape.of(lm_model), count_flops=count_flops, backend="causal")
     else:
         scorer, memory = engine_scorer(engine_cfg), engine_memory(engine_cfg)
         # An ICL prompt's demonstrations are encoded once per evaluation by the shared-context scorer.
         lm = metered_lm_class()(pretrained=lm_model, tokenizer=tokenizer, batch_size=batch_size, meter=meter,
                                 shape=ModelShape.of(lm_model), count_flops=count_flops, scorer=scorer,
-                                cache_prefix=bool(adaptation.prefix), memory_bytes=memory)
+                                cache_prefix=bool(adaptation.prefix), memory_bytes=memory,
+                                **({"backend": "causal"} if is_vision_model(lm_model) else {}))
     chat = task.chat_tokenizer is not None
     GRADES.clear()
     from transformers import set_seed
@@ -388,6 +397,9 @@ def evaluate_adaptation(model, tokenizer, task: TaskHandle, adaptation, indices:
         cost.details["scorer"] = lm._scorer
     if "generated_tokens" in cost.details:
         per_query["generated_tokens"] = cost.details["generated_tokens"] / max(n * _repeats(task), 1)
+    for key in ("image_tokens", "vision_flops_analytic"):  # part of `tokens` and of the FLOPs, shown apart
+        if key in cost.details:
+            per_query[key] = cost.details[key] / max(n, 1)
     return EvalResult(metrics, samples, cost, n, per_query,
                       {"n-samples": out.get("n-samples", {}).get(task.lm_eval_name),
                        "task_config": _jsonable(out.get("configs", {}).get(task.lm_eval_name, {}))})

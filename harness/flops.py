@@ -214,7 +214,8 @@ class FlopTally:
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the analytic FLOP formulas need to know about a decoder."""
+    """What the analytic FLOP formulas need to know about a decoder (and, for a vision-language model, its vision
+    tower: the language model's figures are then the decoder's alone)."""
 
     matmul_params: int  # weights of every Linear applied to each token, lm_head included
     n_layers: int
@@ -222,23 +223,58 @@ class ModelShape:
     head_dim: int
     lora_params: int = 0  # A and B of every adapted module
     head_params: int = 0  # the output projection (part of matmul_params); generation applies it to one position
+    vision_params: int = 0  # weights of the vision tower's Linear and patch-embedding convolutions, per patch
+    projector_params: int = 0  # the projector's weights, applied once per image token (every `merge` patches)
+    merge: int = 1  # patches per image token (Idefics3: scale_factor², Qwen2-VL: spatial_merge_size²)
+    vision_layers: int = 0
+    vision_heads: int = 0
+    vision_head_dim: int = 0
+    patch_size: int = 0  # the vision tower's patch side in pixels
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> "ModelShape":
+        from harness.vision import PROJECTOR_NAMES, language_model_path
+
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         cfg = base.config
-        lora = 0
-        matmul = 0
-        for name, module in base.named_modules():
-            if isinstance(module, torch.nn.Linear):
-                if ".lora_" in name or name.startswith("lora_"):
-                    lora += module.weight.numel()
-                else:
-                    matmul += module.weight.numel()
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        scope = language_model_path(base)
         out = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+        lora = matmul = vision = projector = 0
+        for name, module in base.named_modules():
+            if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d)):
+                continue
+            if ".lora_" in name or name.startswith("lora_"):
+                lora += module.weight.numel()
+            elif scope is None or name.startswith(scope + ".") or module is out:
+                matmul += module.weight.numel() if isinstance(module, torch.nn.Linear) else 0
+            elif any(part in PROJECTOR_NAMES for part in name.split(".")):
+                projector += module.weight.numel()
+            else:
+                vision += module.weight.numel()
+        text = cfg.get_text_config() if scope is not None else cfg
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         head = out.weight.numel() if isinstance(out, torch.nn.Linear) else 0
-        return cls(matmul, cfg.num_hidden_layers, cfg.num_attention_heads, head_dim, lora, head)
+        extra = {}
+        if scope is not None:
+            v = cfg.vision_config
+            heads = getattr(v, "num_attention_heads", None) or getattr(v, "num_heads")
+            width = getattr(v, "hidden_size", None) or getattr(v, "embed_dim")
+            merge = int(getattr(cfg, "scale_factor", 0) or getattr(v, "spatial_merge_size", 1)) ** 2
+            extra = dict(vision_params=vision, projector_params=projector, merge=merge,
+                         vision_layers=getattr(v, "num_hidden_layers", None) or getattr(v, "depth"),
+                         vision_heads=heads, vision_head_dim=width // heads, patch_size=int(v.patch_size))
+        return cls(matmul, text.num_hidden_layers, text.num_attention_heads, head_dim, lora, head, **extra)
+
+    def vision_forward(self, patches: list[int]) -> int:
+        """The vision tower and projector over images of `patches` patches each: every patch through the tower's
+        weights, full attention among an image's patches (Qwen2.5-VL's windowed layers attend less: an upper
+        bound there), and the projector once per image token."""
+        total = 0
+        for n in patches:
+            total += 2 * self.vision_params * n + 2 * self.projector_params * (n // self.merge)
+            total += self.vision_layers * _attention_flops(1, self.vision_heads, n, n, self.vision_head_dim,
+                                                           self.vision_head_dim)
+        return total
 
     def attention_forward(self, batch: int, seq: int, ctx: int | None = None) -> int:
         ctx = seq if ctx is None else ctx

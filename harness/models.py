@@ -22,6 +22,7 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     info: dict
+    processor: object = None  # a VLM's processor (its image processor and this tokenizer); None for a text LM
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -94,23 +95,51 @@ def gguf_cache(package: str, gguf_file: str, name: str) -> Path:
     return folder
 
 
-def _load_pretrained(location: str, dtype: torch.dtype, what: str, revision: str | None = None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_pretrained(location: str, dtype: torch.dtype, what: str, revision: str | None = None,
+                     vision: bool = False):
+    """A causal LM and its tokenizer, or (`vision`) a vision-language model and its processor, through transformers'
+    own auto classes: the one path for Hub models and for the cached folders of the local ones."""
+    import transformers
 
+    text_classes = (transformers.AutoTokenizer, transformers.AutoModelForCausalLM, "smollm2-135m (embedded)")
+    vision_classes = (transformers.AutoProcessor, transformers.AutoModelForImageTextToText,
+                      "tiny-random-vlm (offline, random weights)")
+    preprocessor, auto_model, offline = vision_classes if vision else text_classes
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, revision=revision)
+        preprocess = preprocessor.from_pretrained(location, revision=revision)
+        model = auto_model.from_pretrained(location, dtype=dtype, revision=revision)
     except OSError as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise HarnessError(
             f"cannot load {what} from {location!r} ({first[:160]}): it needs the Hugging Face Hub or a copy in "
-            f"HF_HOME; connect, pre-download it, or use model=smollm2-135m (embedded)") from None
-    return model, tokenizer
+            f"HF_HOME; connect, pre-download it, or use model={offline}") from None
+    return model, preprocess
 
 
 def load_model(cfg, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     source = cfg.source
     info = {"name": cfg.name, "source": source, "dtype": str(dtype).replace("torch.", ""), "device": str(device)}
+    vision = cfg.get("modality", "text") == "vision"
+    if cfg.get("modality", "text") not in ("text", "vision"):
+        raise HarnessError(f"model {cfg.name}: modality must be text or vision (got {cfg.modality!r})")
+    if vision:
+        if source == "hub":
+            model, processor = _load_pretrained(cfg.hub_id, dtype, cfg.name, cfg.get("revision"), vision=True)
+            info.update(hub_id=cfg.hub_id, revision=cfg.get("revision") or "main")
+        elif source == "random":
+            folder = random_vlm_folder(cfg)
+            model, processor = _load_pretrained(str(folder), dtype, cfg.name, vision=True)
+            info.update(arch=_container(cfg.arch), init_seed=cfg.init_seed,
+                        tokenizer_from=cfg.tokenizer_from, cache=str(folder))
+        else:
+            raise HarnessError(f"model {cfg.name}: a vision model's source must be hub or random (got {source!r})")
+        tokenizer = processor.tokenizer
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.to(device).eval()
+        info["n_params"] = sum(p.numel() for p in model.parameters())
+        info["modality"] = "vision"
+        return LoadedModel(model, tokenizer, info, processor)
     if source == "gguf_package":
         folder = gguf_cache(cfg.package, cfg.gguf_file, cfg.name)
         model, tokenizer = _load_pretrained(str(folder), dtype, cfg.name)
@@ -194,6 +223,64 @@ def arrow_routing(folder) -> dict | str | None:
     if not isinstance(experts, list) or len(experts) < 2:
         return f"{ARROW} must list at least two expert adapters (Arrow routes between them)"
     return data
+
+
+def _container(node):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
+
+
+# Our own chat template for the random test VLM: SmolLM2's ChatML turns, with an image part rendered as the
+# processor's `<image>` placeholder (which the processor then expands into the image's tokens).
+TEST_VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+IDEFICS3_TOKENS = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
+
+
+def random_vlm_folder(cfg) -> Path:
+    """A random-weight Idefics3 (SmolVLM's architecture) saved once, with a processor built offline from the packaged
+    SmolLM2 tokenizer: it then loads through the same auto classes as a Hub VLM."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    arch = _container(cfg.arch)
+    if arch.get("model_type") != "idefics3":
+        raise HarnessError(f"model {cfg.name}: a random vision model is built as arch.model_type=idefics3 "
+                           f"(got {arch.get('model_type')!r})")
+    digest = hashlib.sha256(json.dumps([arch, cfg.init_seed, cfg.tokenizer_from], sort_keys=True).encode())
+    target = cache_dir() / "models" / f"{cfg.name}-{digest.hexdigest()[:16]}"
+
+    def build(staging: Path) -> None:
+        from transformers import AutoTokenizer, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+        from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+        tok_cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{cfg.tokenizer_from}.yaml")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_cache(tok_cfg.package, tok_cfg.gguf_file, tok_cfg.name)))
+        tokenizer.add_special_tokens({"additional_special_tokens": IDEFICS3_TOKENS})
+        vision, scale = arch["vision_config"], int(arch.get("scale_factor", 2))
+        side = int(vision["image_size"])
+        image_processor = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": side},
+                                                    max_image_size={"longest_edge": side})
+        seq_len = (side // int(vision["patch_size"])) ** 2 // scale ** 2
+        processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len,
+                                      chat_template=TEST_VLM_CHAT_TEMPLATE)
+        text = {**arch["text_config"], "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+        config = Idefics3Config(text_config=text, vision_config=vision, scale_factor=scale,
+                                image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                                tie_word_embeddings=bool(text.get("tie_word_embeddings", False)))
+        torch.manual_seed(cfg.init_seed)
+        Idefics3ForConditionalGeneration(config).save_pretrained(staging)
+        processor.save_pretrained(staging)
+        (staging / ".complete").write_text(f"{cfg.name}\n")
+
+    folder, _ = get_or_build(target, lambda found: found if (found / ".complete").is_file() else None, build,
+                             f"the random vision model {cfg.name}")
+    return folder
 
 
 def _random_model(cfg, dtype: torch.dtype):

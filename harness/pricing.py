@@ -69,6 +69,7 @@ class QueryPricer:
         self._encode = lru_cache(maxsize=4096)(self._encode_uncached)  # per pricer: texts repeat across k
         self._pair = lru_cache(maxsize=4096)(self._pair_uncached)
         self._rendered: dict[tuple, list[tuple]] = {}
+        self._patches: dict[str, list[int]] = {}  # a multimodal doc's images: vision-tower patches of each
 
     def _encode_uncached(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -97,7 +98,8 @@ class QueryPricer:
     def _passes_uncached(self, doc: dict, prefix: str | None, cached: bool) -> list[tuple[int, int, int | None]]:
         requests = self._requests(doc, prefix)
         if self.task.generative:
-            return [(self._encode(requests[0].arguments[0]), 0, None)] * int(self.task.task.config.repeats or 1)
+            return [(self._prompt_tokens(doc, requests[0].arguments[0]), 0, None)] * \
+                int(self.task.task.config.repeats or 1)
         if self.scorer != "shared_context":
             passes: dict[tuple, int] = {}
             for req in requests:
@@ -121,11 +123,24 @@ class QueryPricer:
             out.append((ctx - p + fed, p, 1 + fed))
         return out
 
+    def _prompt_tokens(self, doc: dict, context: str) -> int:
+        """Tokens of a generation prompt: for an item with images, as the model's processor encodes it (each image
+        expanded into its image tokens), its images' patches kept for the vision tower's price."""
+        processor = self.task.processor
+        if not self.task.multimodal or processor is None:
+            return self._encode(context)
+        from harness.vision import image_patches
+
+        encoded = processor(text=[self.task.model_text(context)], images=[self.task.images(doc)], return_tensors="pt")
+        self._patches[json.dumps(doc, sort_keys=True, default=str)] = image_patches(encoded, self.shape.patch_size)
+        return int(encoded["input_ids"].shape[1])
+
     def _doc_flops(self, doc: dict, prefix: str | None, shape: ModelShape, gen_tokens: float,
                    cached: bool = False) -> float:
         passes = self._passes(doc, prefix, cached)
         if self.task.generative:
-            return sum(shape.generate(1, n, gen_tokens) for n, _, _ in passes)
+            patches = self._patches.get(json.dumps(doc, sort_keys=True, default=str), [])
+            return sum(shape.generate(1, n, gen_tokens) + shape.vision_forward(patches) for n, _, _ in passes)
         return sum(shape.forward_cached(1, new, old, logits) for new, old, logits in passes)
 
     def passes(self) -> float:

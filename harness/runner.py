@@ -19,8 +19,9 @@ from harness.evaluate import engine_memory, engine_scorer, evaluate_adaptation
 from harness.flops import ModelShape
 from harness.models import adapter_problem, load_model, resolve_device, resolve_dtype
 from harness.pricing import OutputLength, QueryPricer
-from harness.strategy import AdaptContext, Adaptation, check_one_off, get_strategy
-from harness.tasks import TaskHandle
+from harness.strategy import AdaptContext, Adaptation, check_one_off, get_strategy, image_strategies
+from harness.tasks import TaskHandle, shows_images
+from harness.vision import VisionChat
 
 PACKAGES = ("torch", "transformers", "peft", "lm_eval", "hydra-core", "datasets", "accelerate", "gguf", "numpy")
 
@@ -48,6 +49,15 @@ def run_cell(cfg) -> Path:
     store.check_writable(runs_dir)
     strategy = get_strategy(cfg.strategy.impl)
     strategy.validate(cfg.strategy)
+    vision = cfg.model.get("modality", "text") == "vision"
+    if shows_images(cfg.task):
+        if not vision:
+            raise HarnessError(f"task {cfg.task.name} shows an image with every item; model {cfg.model.name} is "
+                               "text-only: use a vision-language model (model=tiny-random-vlm offline; qwen2.5-vl-3b, "
+                               "smolvlm-256m ...)")
+        if not strategy.adapts_images(cfg.strategy):
+            raise HarnessError(f"strategy {cfg.strategy.name} does not adapt on tasks with images (task "
+                               f"{cfg.task.name}): use one of {', '.join(image_strategies())}")
     strategy.validate_cell(cfg)
     config["seed"] = as_int(cfg.seed, "seed")
     if config["seed"] != 0 and not strategy.uses_seed(cfg.strategy):
@@ -64,6 +74,9 @@ def run_cell(cfg) -> Path:
     seed = config["seed"]
     batch_size = as_int(cfg.engine.batch_size, "engine.batch_size", minimum=1)
     engine_scorer(cfg.engine), engine_memory(cfg.engine)  # one-line errors before any work
+    if vision and cfg.engine.get("name") == "vllm":
+        raise HarnessError(f"model {cfg.model.name} is a vision-language model; the vLLM engine here serves text "
+                           "models only: use engine=hf")
     if cfg.engine.get("name") == "vllm":  # before any training: an adaptation nobody can score is lost work
         from harness.engines.vllm_engine import INSTALL_HINT, vllm_available
 
@@ -101,8 +114,12 @@ def run_cell(cfg) -> Path:
         say(f"run: {label}")
         indices = task.eval_indices(limit, subset_seed)
         loaded = load_model(cfg.model, device, dtype)
-        if use_chat_template(cfg, task, loaded.tokenizer):
-            task.use_chat(loaded.tokenizer)
+        chat = loaded.tokenizer
+        if loaded.processor is not None:  # prompts with images: the processor's chat template and image tokens
+            task.use_processor(loaded.processor)
+            chat = VisionChat(loaded.processor)
+        if use_chat_template(cfg, task, chat):
+            task.use_chat(chat)
         pricing = QueryPricer(task, loaded.tokenizer, ModelShape.of(loaded.model), output,
                               scorer=engine_scorer(cfg.engine))
 

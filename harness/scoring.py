@@ -57,7 +57,7 @@ class MemoryModel:
     """
 
     def __init__(self, model) -> None:
-        cfg = model.config
+        cfg = model.config.get_text_config()  # a VLM's language model: its cache, its vocabulary
         heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads

@@ -107,6 +107,12 @@ class Strategy(abc.ABC):
         Default: True."""
         return True
 
+    def adapts_images(self, settings) -> bool:
+        """Whether adapt handles a task whose items show images, on a vision-language model (training through the
+        model's processor, LoRA on its language model only). False: the runner refuses such a cell with a one-line
+        error. Default: False."""
+        return False
+
     def fingerprint(self, settings) -> str | None:
         """A digest of inputs outside the config that the adaptation reads (an adapter folder's files): a new
         digest makes a new cell. Default: None (the config says everything)."""
@@ -187,6 +193,11 @@ def strategies() -> dict[str, type[Strategy]]:
             register(entry.name, cls)
         _LOADED = True
     return STRATEGIES
+
+
+def image_strategies() -> list[str]:
+    """The registered strategy implementations that adapt on tasks with images (`adapts_images`)."""
+    return sorted(name for name, cls in strategies().items() if cls().adapts_images(None))
 
 
 def get_strategy(name: str) -> Strategy:

@@ -9,6 +9,11 @@ from functools import lru_cache
 from harness.errors import HarnessError
 from harness.pools import PoolInfo, pool_info_for
 from harness.settings import TASKS_DIR
+from harness.vision import IMAGE_PLACEHOLDER, ImageExample
+
+
+def _without_images(text: str) -> str:
+    return text.replace(IMAGE_PLACEHOLDER + "\n", "").replace(IMAGE_PLACEHOLDER, "")
 
 
 def quiet_lm_eval() -> None:
@@ -60,6 +65,15 @@ def dataset_identity(task_cfg) -> tuple[str, str | None]:
     return str(path), kwargs.get("name") or full.get("dataset_name")
 
 
+def shows_images(task_cfg) -> bool:
+    """Whether a task config's items show images (its lm-eval YAML has `doc_to_image`), known without loading data."""
+    manager = task_manager()
+    name = str(task_cfg.lm_eval_task)
+    if name not in manager.all_tasks:
+        raise HarnessError(f"lm-eval task {name!r} is not defined under {TASKS_DIR}: check task.lm_eval_task")
+    return manager._factory._load_full_config(manager._entry(name), None).get("doc_to_image") is not None
+
+
 def task_overrides(cfg) -> dict:
     """lm-eval config fields a Hydra task config changes: dataset options and sampling."""
     out: dict = {}
@@ -92,6 +106,7 @@ class TaskHandle:
     pool_info: PoolInfo
 
     chat_tokenizer: object = None  # set by use_chat: prompts are then rendered with its chat template
+    processor: object = None  # a vision-language model's processor (use_processor): encodes prompts with images
     # The benchmark's standard form: field -> the variant's name when the scored rows lack that field.
     standard_fields: dict = field(default_factory=dict)
 
@@ -122,6 +137,25 @@ class TaskHandle:
     def generative(self) -> bool:
         return self.task.config.output_type == "generate_until"
 
+    @property
+    def multimodal(self) -> bool:
+        """Whether every item shows images (the YAML's `doc_to_image`): it needs a vision-language model."""
+        return self.task.config.doc_to_image is not None
+
+    def use_processor(self, processor) -> None:
+        """Train and price with a vision-language model's processor (its image tokens, its pixels)."""
+        self.processor = processor
+
+    def images(self, doc: dict) -> list:
+        return list(self.task.doc_to_image(doc)) if self.multimodal else []
+
+    def model_text(self, text: str) -> str:
+        """A prompt as the processor reads it: without a chat template, lm-eval's HFMultimodalLM puts the model's
+        image token where the prompt has the placeholder; the chat template renders the placeholder itself."""
+        if self.chat_tokenizer is None and self.processor is not None:
+            return text.replace(IMAGE_PLACEHOLDER, self.processor.image_token)
+        return text
+
     def use_chat(self, tokenizer) -> None:
         """Evaluate (and train) through the model's chat template; the stop sequences become its own."""
         if not getattr(tokenizer, "chat_template", None):
@@ -132,9 +166,22 @@ class TaskHandle:
         gen["until"] = list(dict.fromkeys(s for s in stops if s))
         self.task.set_config(key="generation_kwargs", value=gen)
 
-    def training_example(self, doc: dict) -> tuple[str, str]:
-        """(prompt, completion) to train on: as evaluated, i.e. inside the chat template when it is used."""
-        return self.training_pair(*self.labeled_example(doc))
+    def training_example(self, doc: dict):
+        """(prompt, completion) to train on: as evaluated, i.e. inside the chat template when it is used. An item
+        that shows images is an ImageExample (harness/vision.py), encoded with the model's processor."""
+        prompt, completion = self.training_pair(*self.labeled_example(doc))
+        if not self.multimodal:
+            return prompt, completion
+        if self.processor is None:
+            raise HarnessError(f"task {self.name} shows images: train it on a vision-language model "
+                               "(e.g. model=tiny-random-vlm)")
+        return ImageExample(self.model_text(prompt), completion, tuple(self.images(doc)), self.processor)
+
+    def demonstration(self, doc: dict) -> tuple[str, str]:
+        """(prompt, completion) of a text demonstration: a multimodal item's without its images (an in-context
+        prompt shows the query's image only)."""
+        prompt, completion = self.labeled_example(doc)
+        return _without_images(prompt), completion
 
     def training_pair(self, prompt: str, completion: str) -> tuple[str, str]:
         """A (prompt, completion) pair as this task trains it: inside the chat template when it is used."""
@@ -170,10 +217,11 @@ class TaskHandle:
         return prompt, t.config.target_delimiter + answer
 
     def unlabeled_prompt(self, doc: dict) -> str:
+        """The prompt's text (a multimodal item's without its image placeholders: DnD's conditions are text)."""
         t = self.task
         if t.multiple_input:
             return str(t.doc_to_decontamination_query(doc))
-        return str(t.doc_to_text(doc))
+        return _without_images(str(t.doc_to_text(doc)))
 
     def prompt_with_options(self, doc: dict) -> str:
         """The unlabeled prompt with its answer options listed (A. ..., B. ...) when the task scores options, as

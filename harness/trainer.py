@@ -24,6 +24,8 @@ from harness.budget import TrainingBudget
 from harness.costs import PhaseMeter, synchronize
 from harness.errors import BudgetTooSmall, HarnessError
 from harness.flops import ModelShape
+from harness.vision import ImageExample, encode_image_example, image_inputs, image_patches, image_token_count, \
+    lora_module_names, peft_target_modules
 
 DEFAULT_TARGETS = (  # every attention and MLP projection: lora.yaml's target_modules, DnD's library LoRAs
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -88,12 +90,21 @@ def encode_example(tokenizer, prompt: str, completion: str, max_length: int) -> 
     return whole, start
 
 
-def _collate(batch: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in batch)
+def encode_any(tokenizer, example, max_length: int) -> tuple[list[int], int, tuple]:
+    """(ids, completion start, images) of a (prompt, completion) pair or of an ImageExample (its image tokens
+    expanded by the model's processor)."""
+    if isinstance(example, ImageExample):
+        return (*encode_image_example(example, max_length), example.images)
+    return (*encode_example(tokenizer, example[0], example[1], max_length), ())
+
+
+def _collate(batch: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids, mask and labels of encoded examples ((ids, start) or (ids, start, images))."""
+    width = max(len(item[0]) for item in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(batch), width), dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    for row, (ids, start) in enumerate(batch):
+    for row, (ids, start, *_) in enumerate(batch):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         attention[row, : len(ids)] = 1
         labels[row, start: len(ids)] = torch.tensor(ids[start:])
@@ -158,24 +169,41 @@ def _lr_factor(progress: float, warmup: float, schedule: str = "cosine") -> floa
 
 
 def lora_param_count(model, settings: LoraSettings) -> int:
-    """Parameters of A and B over every targeted Linear: r·(in + out) each."""
-    return sum(settings.rank * (m.in_features + m.out_features) for name, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in settings.target_modules)
+    """Parameters of A and B over every targeted Linear (a VLM's language model only): r·(in + out) each."""
+    modules = dict(model.named_modules())
+    return sum(settings.rank * (modules[n].in_features + modules[n].out_features)
+               for n in lora_module_names(model, settings.target_modules))
+
+
+def _images_of(examples: list) -> object:
+    """The processor of the examples that show images (None for text examples)."""
+    return next((e.processor for e in examples if isinstance(e, ImageExample)), None)
+
+
+def _pixels(processor, batch: list[tuple], device, dtype) -> dict:
+    images = [list(item[2]) for item in batch]
+    if processor is None or not any(images):
+        return {}
+    return image_inputs(processor, images, device, dtype)
 
 
 def predict_train_flops(model, tokenizer, examples: list[tuple[str, str]], settings: LoraSettings, steps: int,
                         seed: int = 0) -> float:
     """Analytic FLOPs of `steps` steps of `train_lora` on `examples` (the very batches it would draw), without
     running the model: what a budget check needs before deciding to train."""
-    encoded = [encode_example(tokenizer, p, c, settings.max_length) for p, c in examples]
+    encoded = [encode_any(tokenizer, e, settings.max_length) for e in examples]
     if not encoded:
         return 0.0
     shape = replace(ModelShape.of(model), lora_params=lora_param_count(model, settings))
+    processor = _images_of(examples)
     batches = _Batches(encoded, settings.batch_size, seed)
     total = 0.0
     for _ in range(steps):
         batch = batches.next()
-        total += shape.lora_train_step(len(batch), max(len(ids) for ids, _ in batch))
+        total += shape.lora_train_step(len(batch), max(len(item[0]) for item in batch))
+        if processor is not None:  # the frozen vision tower's forward over the batch's images
+            total += shape.vision_forward(image_patches(_pixels(processor, batch, "cpu", torch.float32),
+                                                        shape.patch_size))
     return total
 
 
@@ -194,12 +222,16 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
                            f"or strategy.max_steps")
     set_up = time.perf_counter()
     device = next(model.parameters()).device
-    encoded = [encode_example(tokenizer, p, c, settings.max_length) for p, c in examples]
+    encoded = [encode_any(tokenizer, e, settings.max_length) for e in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    processor = _images_of(examples)
+    dtype = next(model.parameters()).dtype
 
     torch.manual_seed(seed if init_seed is None else init_seed)
+    # a VLM's LoRA adapts its language model only; the vision tower and projector stay frozen (harness/vision.py)
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=list(settings.target_modules), task_type="CAUSAL_LM", bias="none")
+                        target_modules=peft_target_modules(model, settings.target_modules), task_type="CAUSAL_LM",
+                        bias="none")
     peft_model = get_peft_model(model, config)
     peft_model.train()
     shape = ModelShape.of(peft_model)
@@ -213,7 +245,9 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
         result = TrainResult(adapter_dir=str(out_dir / "adapter"), steps=0, sequences_processed=0, tokens=0)
         batch = batches.next()
         first = _collate(batch, pad_id)
-        budget.check_first_step(shape.lora_train_step(*first["input_ids"].shape))
+        budget.check_first_step(shape.lora_train_step(*first["input_ids"].shape)
+                                + shape.vision_forward(image_patches(_pixels(processor, batch, "cpu", dtype),
+                                                                    shape.patch_size)))
 
         bar = tqdm(total=100, desc="train", unit="%", disable=not progress, leave=False, mininterval=1.0,
                    bar_format="{l_bar}{bar}| {n:.0f}/{total} % [{elapsed}<{remaining}{postfix}]")
@@ -223,7 +257,9 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
         reason, bound = "", False
         while True:
             tensors = _collate(batch, pad_id)
-            step_analytic = shape.lora_train_step(*tensors["input_ids"].shape)
+            pixels = _pixels(processor, batch, device, dtype)
+            patches = image_patches(pixels, shape.patch_size)
+            step_analytic = shape.lora_train_step(*tensors["input_ids"].shape) + shape.vision_forward(patches)
             synchronize(device)
             elapsed = time.perf_counter() - start - saving
             if settings.max_steps is not None and result.steps >= settings.max_steps:
@@ -235,13 +271,16 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
             frac = _progress(budget, settings, elapsed, result.steps)
             for group in optimizer.param_groups:
                 group["lr"] = settings.lr * _lr_factor(frac, settings.warmup_frac, settings.schedule)
-            tensors = {k: v.to(device) for k, v in tensors.items()}
+            tensors = {**{k: v.to(device) for k, v in tensors.items()}, **pixels}
             before = meter.tally.total
             padded = bool((tensors["attention_mask"] == 0).any())  # the masked attention path is its own kind
             rows, width = tensors["input_ids"].shape
             # Matmuls count rows·W, attention rows·W²: once a few live counts fix the two coefficients exactly,
             # the counter's total is derived, so length-grouped widths (rarely repeated) skip its per-op dispatch.
-            with meter.tally.count_linear(("lora_step", padded), (rows * width, rows * width * width)):
+            # Images: the frozen vision tower's forward is fixed by the images' patch counts (part of the kind), a
+            # constant term of the fit.
+            features = (rows * width, rows * width * width) + ((1,) if patches else ())
+            with meter.tally.count_linear(("lora_step", padded, tuple(sorted(patches))), features):
                 loss = peft_model(**tensors).loss
                 loss.backward()
             step_measured = meter.tally.total - before
@@ -250,6 +289,12 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
             optimizer.zero_grad(set_to_none=True)
             n_tokens = int(tensors["attention_mask"].sum())
             meter.add(flops_analytic=step_analytic, tokens=tensors["input_ids"].numel())
+            if patches:  # images in the batch: their share of the tokens, the frozen tower's work
+                seen = meter.cost.details
+                for key, value in (("images", len(patches)), ("vision_patches", sum(patches)),
+                                   ("image_tokens", image_token_count(tensors["input_ids"], model.config)),
+                                   ("vision_flops_analytic", shape.vision_forward(patches))):
+                    seen[key] = seen.get(key, 0) + value
             result.steps += 1
             result.sequences_processed += len(batch)
             result.tokens += n_tokens

@@ -204,6 +204,7 @@ def test_harness_list_pages_come_from_strategies(capsys):
     main(["list", "dnd-presets"])
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out] == ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-1.5b-code", "qwen2.5-7b",
+                                                  "qwen2.5-vl-3b",
                                                   "smollm2-small", "tiny-random"]
 
 

@@ -99,6 +99,9 @@ PRESETS: dict[str, GeneratorPreset] = {p.name: p for p in [
     _paper("qwen2.5-7b", 11, 16, 4608,
            [(16, 1000, 384), (64, 500, 384), (256, 125, 400), (512, 64, 400), (1024, 64, 400), (2048, 32, 400),
             (4928, 18, 514)], 16, 512, project=1000, note="the paper's math decoder for Qwen2.5-7B, r16"),
+    _paper("qwen2.5-vl-3b", 11, 16, 1536,
+           [(16, 1536, 384), (64, 500, 300), (256, 125, 300), (1024, 64, 300), (2048, 16, 256), (7308, 18, 258)], 16,
+           256, note="the paper's multimodal decoder for Qwen2.5-VL-3B, r16 on the language model's 36 layers"),
     # CPU scale (results/dnd/README.md has the search): SmolLM2-135M r8 LoRAs on q_proj and v_proj only, width 192
     # (the gcd of 576 and 192): 300 tokens of 10 x 194. The last layer sees 256 channels through a 3 x 3 kernel (2304
     # inputs per output value, at least the 1940 values of a token), and the decoder adds a learned tensor started

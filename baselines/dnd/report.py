@@ -22,11 +22,13 @@ def _cells(records):
     out = []
     for folder, r in records:
         a = r["adaptation"]
+        metric = headline_metric(r)  # the task's own metric (acc, exact_match, accuracy ...)
         costs = r.get("costs") or []
         targets = (r.get("report") or {}).get("artifact_targets")  # the targets that used each artifact
         shared = [c for c in costs if c.get("shared_by")]
         out.append({"folder": folder, **r["cell"], "impl": r["config"]["strategy"].get("impl"),
-                    "acc": r["metrics"].get("acc"), "se": r["metrics"].get("acc_stderr"), "n": r["metrics"].get("n"),
+                    "acc": r["metrics"].get(metric), "se": r["metrics"].get(f"{metric}_stderr"),
+                    "n": r["metrics"].get("n"),
                     "details": a.get("details") or {}, "labels": a.get("labels_used", 0),
                     "adapt_s": r["adaptation_cost"]["wall_s"], "adapt_flops": r["adaptation_cost"]["flops_measured"],
                     "one_off": {"wall_s": one_off_share(shared, "seconds", "whole"),
@@ -36,7 +38,7 @@ def _cells(records):
                     "policy": budget_policy(r["config"]["budget"]),
                     "users": [(c["phase"], (targets or {}).get(c.get("artifact") or "", c["shared_by"]))
                               for c in shared],
-                    "metric": headline_metric(r),
+                    "metric": metric,
                     "per_query_extra": a.get("per_query_extra_flops", 0.0),
                     "mode": r["config"]["strategy"].get("mode"), "batch": r["config"]["strategy"].get("batch_size"),
                     "variant": variant_key(r["config"])})

@@ -221,6 +221,9 @@ def _summary(diagnostic: dict | None) -> dict | None:
 
 
 class DragAndDrop(_LibraryStrategy):
+    def adapts_images(self, settings) -> bool:
+        return True  # conditions are the prompts' text; the library LoRAs adapt the language model
+
     def one_off_phases(self, settings) -> tuple[str, ...]:
         return ("collect", "meta_train")  # the library and the generator trained on it
 

@@ -159,13 +159,16 @@ def lora_shapes(n_layers: int, hidden: int, intermediate: int, kv_dim: int, rank
 
 
 def shapes_of_model(model, rank: int, target_modules=MODULE_ORDER) -> dict[str, tuple[int, int]]:
-    """The LoRA state-dict shapes peft would create for `model` (keys as saved in adapter files)."""
+    """The LoRA state-dict shapes peft would create for `model` (keys as saved in adapter files): a VLM's language
+    model only, as the shared trainer adapts it."""
+    from harness.vision import lora_module_names
+
+    modules = dict(model.named_modules())
     shapes = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] in target_modules:
-            key = f"base_model.model.{name}"
-            shapes[f"{key}.lora_A.weight"] = (rank, module.in_features)
-            shapes[f"{key}.lora_B.weight"] = (module.out_features, rank)
+    for name in lora_module_names(model, target_modules):
+        key, module = f"base_model.model.{name}", modules[name]
+        shapes[f"{key}.lora_A.weight"] = (rank, module.in_features)
+        shapes[f"{key}.lora_B.weight"] = (module.out_features, rank)
     return shapes
 
 

@@ -1,4 +1,4 @@
-"""`harness run | list | report | runs stale`.
+"""`harness run | list | report | recommend | runs stale`.
 
 `run` hands its arguments to Hydra (overrides, `-m` sweeps, launchers) after checking them, so
 that a typo costs a one-line error instead of a stack trace or a half-run sweep.
@@ -238,6 +238,34 @@ def cmd_report(runs: str | None, out: str | None) -> None:
     print(f"[harness] report in {target}/")
 
 
+def cmd_recommend(args: list[str]) -> None:
+    """`harness recommend [RUNS_DIR] --task T [--model M] --queries Q [--labels L] [--max-flops F | --max-seconds S]
+    [--plot PNG]`: the strategies that fit, ranked, with their totals at Q queries and the break-even counts."""
+    from harness.recommend import recommend
+    from harness.settings import runs_dir
+
+    p = _Parser(prog="harness recommend")
+    p.add_argument("runs_dir", nargs="?", help="a runs folder, or a report folder holding leaderboard.csv")
+    p.add_argument("--task", required=True)
+    p.add_argument("--model")
+    p.add_argument("--queries", type=int, required=True, help="queries the adapted model will answer")
+    p.add_argument("--labels", type=int, help="labeled examples you have")
+    p.add_argument("--max-flops", type=float, help="total FLOPs you can spend: adaptation + queries")
+    p.add_argument("--max-seconds", type=float, help="total seconds you can spend: adaptation + queries")
+    p.add_argument("--plot", help="write total cost against queries, one line per strategy, to this PNG")
+    ns = p.parse_args(args)
+    root = Path(ns.runs_dir) if ns.runs_dir else runs_dir()
+    print(recommend(root, ns.task, ns.queries, model=ns.model, labels=ns.labels, max_flops=ns.max_flops,
+                    max_seconds=ns.max_seconds, plot=Path(ns.plot) if ns.plot else None))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are the harness's one line (`error: ...`, exit 2) rather than usage plus message."""
+
+    def error(self, message: str) -> None:
+        raise HarnessError(f"{self.prog}: {message}: see `{self.prog} --help`")
+
+
 def cmd_runs(args: list[str]) -> None:
     """`harness runs stale [RUNS_DIR]`: finished records whose inputs changed since they were written."""
     from harness import provenance, store
@@ -262,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip() + "\n\nusage: harness run [OVERRIDES...] | harness list WHAT | "
-              "harness report [RUNS_DIR] [--out DIR] | harness runs stale [RUNS_DIR]")
+              "harness report [RUNS_DIR] [--out DIR] | harness recommend [RUNS_DIR] --task T --queries Q ... | "
+              "harness runs stale [RUNS_DIR]")
         return
     command, rest = argv[0], argv[1:]
     try:
@@ -278,10 +307,12 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--out")
             ns = p.parse_args(rest)
             cmd_report(ns.runs_dir, ns.out)
+        elif command == "recommend":
+            cmd_recommend(rest)
         elif command == "runs":
             cmd_runs(rest)
         else:
-            raise HarnessError(f"unknown command {command!r}: use run, list, report or runs")
+            raise HarnessError(f"unknown command {command!r}: use run, list, report, recommend or runs")
     except HarnessError as exc:
         _fail(str(exc))
 

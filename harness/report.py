@@ -106,7 +106,8 @@ def charged_costs(record: dict, targets: dict[str, int]) -> dict:
     return {"one_off_policy": policy, "one_off_flops": share_flops, "one_off_s": share_s, "one_off_split": split,
             "overspent_by_recount": bool(overspent and recount),
             "adapt_flops": cost["flops_measured"], "adapt_s": cost["wall_s"], "per_query_flops": per_query_flops,
-            "per_query_s": per_query["wall_s"], "horizon": horizon,
+            "per_query_s": per_query["wall_s"], "once_flops": once_flops, "once_s": once.get("wall_s", 0.0),
+            "horizon": horizon,
             "total_flops_at_horizon": cost["flops_measured"] + share_flops + once_flops + horizon * per_query_flops,
             "budget_spent": spent, "budget_overspent": overspent, "budget_bound": bool(use.get("bound"))}
 
@@ -220,7 +221,8 @@ def leaderboard(records: list[tuple[Path, dict]], targets: dict[str, int] | None
             "adapt_s": g.adapt_s.mean(), "one_off_policy": g.one_off_policy.iloc[0],
             "one_off_flops": g.one_off_flops.mean(), "one_off_s": g.one_off_s.mean(),
             "one_off_split": g.one_off_split.iloc[0],
-            "per_query_flops": g.per_query_flops.mean(), "horizon": g.horizon.iloc[0],
+            "per_query_flops": g.per_query_flops.mean(), "per_query_s": g.per_query_s.mean(),
+            "once_flops": g.once_flops.mean(), "once_s": g.once_s.mean(), "horizon": g.horizon.iloc[0],
             "total_flops_at_horizon": g.total_flops_at_horizon.mean(), "budget_bound": bool(g.budget_bound.any()),
             "budget_overspent": over,
             "budget_status": f"overspent by {over:.3g}{why}" if over > 0 else

@@ -137,11 +137,13 @@ def hub_row(row: dict, ref: SplitRef, index: int) -> dict:
     """A Hub row as plain JSON values: a decoded image (a PIL image, as `datasets` gives an Image feature) is saved
     once as a PNG under HARNESS_CACHE_DIR/images and replaced by that file's path, so rows from the Hub and from
     the offline mirror (whose images are files beside the .jsonl) are read alike and fingerprinted alike."""
+    from PIL import Image
+
     from harness.settings import cache_dir
 
     out = {}
     for key, value in row.items():
-        if hasattr(value, "save") and hasattr(value, "mode"):  # a PIL image
+        if isinstance(value, Image.Image):
             file = cache_dir() / "images" / ref.path / (ref.name or "default") / ref.split / f"{index}_{key}.png"
             if not file.is_file():
                 file.parent.mkdir(parents=True, exist_ok=True)

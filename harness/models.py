@@ -119,44 +119,40 @@ def _load_pretrained(location: str, dtype: torch.dtype, what: str, revision: str
 def load_model(cfg, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     source = cfg.source
     info = {"name": cfg.name, "source": source, "dtype": str(dtype).replace("torch.", ""), "device": str(device)}
-    vision = cfg.get("modality", "text") == "vision"
-    if cfg.get("modality", "text") not in ("text", "vision"):
-        raise HarnessError(f"model {cfg.name}: modality must be text or vision (got {cfg.modality!r})")
-    if vision:
-        if source == "hub":
-            model, processor = _load_pretrained(cfg.hub_id, dtype, cfg.name, cfg.get("revision"), vision=True)
-            info.update(hub_id=cfg.hub_id, revision=cfg.get("revision") or "main")
-        elif source == "random":
-            folder = random_vlm_folder(cfg)
-            model, processor = _load_pretrained(str(folder), dtype, cfg.name, vision=True)
-            info.update(arch=_container(cfg.arch), init_seed=cfg.init_seed,
-                        tokenizer_from=cfg.tokenizer_from, cache=str(folder))
-        else:
-            raise HarnessError(f"model {cfg.name}: a vision model's source must be hub or random (got {source!r})")
-        tokenizer = processor.tokenizer
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model.to(device).eval()
-        info["n_params"] = sum(p.numel() for p in model.parameters())
-        info["modality"] = "vision"
-        return LoadedModel(model, tokenizer, info, processor)
+    modality = cfg.get("modality", "text")
+    if modality not in ("text", "vision"):
+        raise HarnessError(f"model {cfg.name}: modality must be text or vision (got {modality!r})")
+    vision = modality == "vision"  # a vision-language model: its processor comes with it
+    if vision and source not in ("hub", "random"):
+        raise HarnessError(f"model {cfg.name}: a vision model's source must be hub or random (got {source!r})")
     if source == "gguf_package":
         folder = gguf_cache(cfg.package, cfg.gguf_file, cfg.name)
-        model, tokenizer = _load_pretrained(str(folder), dtype, cfg.name)
+        model, preprocess = _load_pretrained(str(folder), dtype, cfg.name)
         info.update(package=cfg.package, gguf_file=cfg.gguf_file, cache=str(folder), hub_id=cfg.get("hub_id"))
     elif source == "hub":
-        model, tokenizer = _load_pretrained(cfg.hub_id, dtype, cfg.name, cfg.get("revision"))
+        model, preprocess = _load_pretrained(cfg.hub_id, dtype, cfg.name, cfg.get("revision"), vision=vision)
         info.update(hub_id=cfg.hub_id, revision=cfg.get("revision") or "main")
+    elif source == "random" and vision:
+        from omegaconf import OmegaConf
+
+        folder = random_vlm_folder(cfg)
+        model, preprocess = _load_pretrained(str(folder), dtype, cfg.name, vision=True)
+        info.update(arch=OmegaConf.to_container(cfg.arch, resolve=True), init_seed=cfg.init_seed,
+                    tokenizer_from=cfg.tokenizer_from, cache=str(folder))
     elif source == "random":
-        model, tokenizer = _random_model(cfg, dtype)
+        model, preprocess = _random_model(cfg, dtype)
         info.update(arch=dict(cfg.arch), init_seed=cfg.init_seed, tokenizer_from=cfg.tokenizer_from)
     else:
         raise HarnessError(f"model {cfg.name}: unknown source {source!r}; use gguf_package, hub or random")
+    processor = preprocess if vision else None
+    tokenizer = preprocess.tokenizer if vision else preprocess
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
     info["n_params"] = sum(p.numel() for p in model.parameters())
-    return LoadedModel(model, tokenizer, info)
+    if vision:
+        info["modality"] = "vision"
+    return LoadedModel(model, tokenizer, info, processor)
 
 
 def adapter_problem(folder) -> str | None:
@@ -225,12 +221,6 @@ def arrow_routing(folder) -> dict | str | None:
     return data
 
 
-def _container(node):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
-
-
 # Our own chat template for the random test VLM: SmolLM2's ChatML turns, with an image part rendered as the
 # processor's `<image>` placeholder (which the processor then expands into the image's tokens).
 TEST_VLM_CHAT_TEMPLATE = (
@@ -248,7 +238,7 @@ def random_vlm_folder(cfg) -> Path:
 
     from omegaconf import OmegaConf
 
-    arch = _container(cfg.arch)
+    arch = OmegaConf.to_container(cfg.arch, resolve=True)
     if arch.get("model_type") != "idefics3":
         raise HarnessError(f"model {cfg.name}: a random vision model is built as arch.model_type=idefics3 "
                            f"(got {arch.get('model_type')!r})")

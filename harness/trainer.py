@@ -24,8 +24,8 @@ from harness.budget import TrainingBudget
 from harness.costs import PhaseMeter, synchronize
 from harness.errors import BudgetTooSmall, HarnessError
 from harness.flops import ModelShape
-from harness.vision import ImageExample, encode_image_example, image_inputs, image_patches, image_token_count, \
-    lora_module_names, peft_target_modules
+from harness.vision import ImageExample, encode_image_example, image_inputs, image_token_count, lora_module_names, \
+    peft_target_modules
 
 DEFAULT_TARGETS = (  # every attention and MLP projection: lora.yaml's target_modules, DnD's library LoRAs
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -90,12 +90,17 @@ def encode_example(tokenizer, prompt: str, completion: str, max_length: int) -> 
     return whole, start
 
 
-def encode_any(tokenizer, example, max_length: int) -> tuple[list[int], int, tuple]:
-    """(ids, completion start, images) of a (prompt, completion) pair or of an ImageExample (its image tokens
-    expanded by the model's processor)."""
+def encode_any(tokenizer, example, max_length: int, patch: int = 0) -> tuple[list[int], int, tuple, list[int]]:
+    """(ids, completion start, images, their vision-tower patches) of a (prompt, completion) pair or of an
+    ImageExample (its image tokens expanded by the model's processor, `patch` the tower's patch side)."""
     if isinstance(example, ImageExample):
-        return (*encode_image_example(example, max_length), example.images)
-    return (*encode_example(tokenizer, example[0], example[1], max_length), ())
+        ids, start, patches = encode_image_example(example, max_length, patch)
+        return ids, start, example.images, patches
+    return (*encode_example(tokenizer, example[0], example[1], max_length), (), [])
+
+
+def _patches(batch: list[tuple]) -> list[int]:
+    return [n for item in batch for n in item[3]]
 
 
 def _collate(batch: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
@@ -191,19 +196,16 @@ def predict_train_flops(model, tokenizer, examples: list[tuple[str, str]], setti
                         seed: int = 0) -> float:
     """Analytic FLOPs of `steps` steps of `train_lora` on `examples` (the very batches it would draw), without
     running the model: what a budget check needs before deciding to train."""
-    encoded = [encode_any(tokenizer, e, settings.max_length) for e in examples]
+    shape = replace(ModelShape.of(model), lora_params=lora_param_count(model, settings))
+    encoded = [encode_any(tokenizer, e, settings.max_length, shape.patch_size) for e in examples]
     if not encoded:
         return 0.0
-    shape = replace(ModelShape.of(model), lora_params=lora_param_count(model, settings))
-    processor = _images_of(examples)
     batches = _Batches(encoded, settings.batch_size, seed)
     total = 0.0
     for _ in range(steps):
-        batch = batches.next()
+        batch = batches.next()  # with images: the frozen vision tower's forward over them
         total += shape.lora_train_step(len(batch), max(len(item[0]) for item in batch))
-        if processor is not None:  # the frozen vision tower's forward over the batch's images
-            total += shape.vision_forward(image_patches(_pixels(processor, batch, "cpu", torch.float32),
-                                                        shape.patch_size))
+        total += shape.vision_forward(_patches(batch))
     return total
 
 
@@ -222,7 +224,7 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
                            f"or strategy.max_steps")
     set_up = time.perf_counter()
     device = next(model.parameters()).device
-    encoded = [encode_any(tokenizer, e, settings.max_length) for e in examples]
+    encoded = [encode_any(tokenizer, e, settings.max_length, ModelShape.of(model).patch_size) for e in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     processor = _images_of(examples)
     dtype = next(model.parameters()).dtype
@@ -246,8 +248,7 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
         batch = batches.next()
         first = _collate(batch, pad_id)
         budget.check_first_step(shape.lora_train_step(*first["input_ids"].shape)
-                                + shape.vision_forward(image_patches(_pixels(processor, batch, "cpu", dtype),
-                                                                    shape.patch_size)))
+                                + shape.vision_forward(_patches(batch)))
 
         bar = tqdm(total=100, desc="train", unit="%", disable=not progress, leave=False, mininterval=1.0,
                    bar_format="{l_bar}{bar}| {n:.0f}/{total} % [{elapsed}<{remaining}{postfix}]")
@@ -258,7 +259,7 @@ def train_lora(model, tokenizer, examples: list[tuple[str, str]], budget: Traini
         while True:
             tensors = _collate(batch, pad_id)
             pixels = _pixels(processor, batch, device, dtype)
-            patches = image_patches(pixels, shape.patch_size)
+            patches = _patches(batch)
             step_analytic = shape.lora_train_step(*tensors["input_ids"].shape) + shape.vision_forward(patches)
             synchronize(device)
             elapsed = time.perf_counter() - start - saving

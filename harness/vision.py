@@ -57,25 +57,13 @@ def peft_target_modules(model, targets) -> list[str] | str:
     return rf"{re.escape(scope)}\..*\.(?:{'|'.join(re.escape(t) for t in targets)})"
 
 
-def load_image(value, where: str):
-    """An RGB PIL image from a file path, a PIL image, or the Hub's {"bytes", "path"} form; one-line errors."""
+def load_image(path, where: str):
+    """The RGB image in the file `path` (the multimodal loaders give every item one); one-line errors."""
     from PIL import Image, UnidentifiedImageError
 
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    if isinstance(value, dict) and value.get("bytes"):
-        import io
-
-        try:
-            return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise HarnessError(f"{where}: its image bytes are not a readable image ({first_line(exc)}): fix or "
-                               "re-download the data") from None
-    if isinstance(value, dict):
-        value = value.get("path")
-    if not value:
+    if not path:
         raise HarnessError(f"{where} has no image: fix the data file (every item needs one)")
-    path = Path(str(value))
+    path = Path(str(path))
     if not path.is_file():
         raise HarnessError(f"{where}: image file {path} does not exist: copy the dataset's images/ folder beside "
                            "its .jsonl (or load it from the Hub)")
@@ -134,16 +122,18 @@ class ImageExample:
         return f"ImageExample({self.prompt!r}, {self.completion!r}, images={pixels})"
 
 
-def encode_image_example(example: ImageExample, max_length: int) -> tuple[list[int], int]:
-    """Token ids of prompt (image tokens expanded) + completion, and where the completion starts."""
+def encode_image_example(example: ImageExample, max_length: int, patch: int) -> tuple[list[int], int, list[int]]:
+    """Token ids of prompt (image tokens expanded) + completion, where the completion starts, and the vision-tower
+    patches of its images (`patch` x `patch` pixels each), counted once here rather than at every step."""
     processor = example.processor
-    prompt = processor(text=[example.prompt], images=[list(example.images)], return_tensors=None)["input_ids"][0]
+    encoded = processor(text=[example.prompt], images=[list(example.images)], return_tensors="pt")
+    prompt = encoded["input_ids"][0].tolist()
     completion = processor.tokenizer(example.completion, add_special_tokens=False)["input_ids"]
-    ids = list(prompt) + list(completion)
+    ids = prompt + list(completion)
     if len(ids) > max_length:
         raise HarnessError(f"a training example with its image tokens is {len(ids)} tokens, over strategy.max_length="
                            f"{max_length}: raise strategy.max_length (image tokens cannot be cut)")
-    return ids, len(prompt)
+    return ids, len(prompt), image_patches(encoded, patch)
 
 
 def image_inputs(processor, images: list[list], device, dtype) -> dict:

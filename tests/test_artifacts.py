@@ -197,3 +197,116 @@ def test_two_processes_wanting_one_library_lora_train_it_once(tmp_path):
     assert len(results[0]["checkpoints"]) == 2 and all(Path(p).exists() for p in results[0]["checkpoints"])
     left = [p.name for p in (tmp_path / "library").rglob("*") if p.name.endswith((".partial", ".lock"))]
     assert left == []
+
+
+# Locks on a file system shared by several hosts: the lock file names its holder; a holder on another host is
+# judged by its heartbeat (the file's mtime), timed on the waiter's clock.
+def _foreign_lock(path: Path, host: str = "node-elsewhere-17", pid: int = 4242) -> dict:
+    info = {"host": host, "pid": pid, "token": "feedfacecafebeef", "started": "2026-12-01T03:04:05"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info))
+    return info
+
+
+def test_a_lock_left_on_another_host_is_taken_over_after_its_heartbeat_stops(tmp_path, monkeypatch):
+    from harness.artifacts import building, lock_path
+
+    monkeypatch.setenv("HARNESS_LOCK_STALE_S", "0.6")
+    final = tmp_path / "cache" / "thing"
+    _foreign_lock(lock_path(final))
+    messages = []
+    began = time.monotonic()
+    with building(final, "the test artifact", messages.append) as build:
+        waited = time.monotonic() - began
+        (build.start() / "x.txt").write_text("made here")
+        build.publish()
+    assert 0.6 <= waited < 10, waited
+    assert messages[0] == ("waiting: another process (pid 4242 on node-elsewhere-17, started 2026-12-01T03:04:05) "
+                           "is building the test artifact")
+    assert messages[1].startswith("taking over the lock on the test artifact: no heartbeat for ")
+    assert "(HARNESS_LOCK_STALE_S=0.6) from pid 4242 on node-elsewhere-17" in messages[1]
+    assert (final / "x.txt").read_text() == "made here" and _leftovers(tmp_path) == []
+    assert sorted(p.name for p in final.parent.iterdir()) == ["thing"]
+
+
+def test_a_live_lock_on_another_host_is_waited_for(tmp_path, monkeypatch):
+    """A holder on another host that keeps its heartbeat is never taken over, however long it holds the lock;
+    the waiter builds once the holder releases."""
+    import threading
+
+    from harness.artifacts import building, lock_path
+
+    monkeypatch.setenv("HARNESS_LOCK_STALE_S", "0.5")
+    final = tmp_path / "thing"
+    lock = lock_path(final)
+    _foreign_lock(lock)
+    stop = threading.Event()
+
+    def beat():  # the remote holder's heartbeat, for 2 s (four times the stale limit), then its release
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            os.utime(lock)
+            time.sleep(0.1)
+        lock.unlink()
+        stop.set()
+
+    threading.Thread(target=beat, daemon=True).start()
+    messages = []
+    with building(final, "the test artifact", messages.append) as build:
+        assert stop.is_set()  # got the lock only after the holder let go
+        build.start()
+        build.publish()
+    assert not any("taking over" in m for m in messages) and len(messages) == 1 and final.is_dir()
+
+
+def test_a_lock_whose_pid_was_reused_on_this_host_is_stale(tmp_path, monkeypatch):
+    """Same host, the pid alive but started at another time than the lock says: another process has the pid."""
+    import socket
+
+    from harness.artifacts import building, lock_path
+
+    monkeypatch.setenv("HARNESS_LOCK_STALE_S", "600")
+    final = tmp_path / "thing"
+    info = _foreign_lock(lock_path(final), host=socket.gethostname(), pid=os.getpid())
+    lock_path(final).write_text(json.dumps({**info, "pid_start": "1"}))  # this process did not start at tick 1
+    messages = []
+    with building(final, "the test artifact", messages.append) as build:
+        build.start()
+        build.publish()
+    assert messages == [f"taking over the lock on the test artifact: its holder, pid {os.getpid()} on this host "
+                        f"({socket.gethostname()}), is gone"]
+
+
+def test_a_holder_that_lost_its_lock_does_not_publish(tmp_path, monkeypatch):
+    from harness.artifacts import building, lock_path
+    from harness.errors import HarnessError
+
+    monkeypatch.setenv("HARNESS_LOCK_STALE_S", "600")
+    final = tmp_path / "thing"
+    try:
+        with building(final, "the test artifact", lambda m: None) as build:
+            (build.start() / "x.txt").write_text("mine")
+            _foreign_lock(lock_path(final))  # taken over by a host that judged this holder dead
+            build.publish()
+    except HarnessError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("published without the lock")
+    assert message.startswith("lost the lock on the test artifact to pid 4242 on node-elsewhere-17") and \
+        "nothing was published" in message
+    assert not final.exists() and lock_path(final).exists()  # the new holder's lock and folder are left alone
+    assert (final.with_name("thing.partial") / "x.txt").exists()
+
+
+def test_a_bad_stale_limit_is_a_one_line_error(tmp_path, monkeypatch):
+    from harness.artifacts import building
+    from harness.errors import HarnessError
+
+    monkeypatch.setenv("HARNESS_LOCK_STALE_S", "soon")
+    try:
+        with building(tmp_path / "thing", "the test artifact", lambda m: None):
+            pass
+    except HarnessError as exc:
+        assert str(exc).startswith("HARNESS_LOCK_STALE_S='soon' is not a positive number of seconds")
+    else:
+        raise AssertionError("accepted")

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from harness import launchers
 from harness.errors import HarnessError
 from harness.settings import CONFIG_DIR
 
@@ -112,12 +113,18 @@ def _hydra_run(args: list[str]) -> None:
     def entry(cfg) -> None:
         from harness.runner import run_cell
 
+        from harness.launchers import report_back
+
         ROOTS.append(Path(cfg.runs_dir))
         try:
-            FINISHED.append(run_cell(cfg))
+            folder = run_cell(cfg)
         except HarnessError as exc:  # this cell cannot run; a sweep carries on with the others
             print(f"error: {exc}", file=sys.stderr, flush=True)
             FAILED.append(str(exc))
+            report_back(cfg, error=str(exc))
+        else:
+            FINISHED.append(folder)
+            report_back(cfg, folder=folder)
 
     saved = sys.argv
     sys.argv = ["harness run", *args]
@@ -138,7 +145,9 @@ def cmd_run(args: list[str]) -> None:
         from harness import store
 
         store.check_writable(Path(cfg.runs_dir))
-    FINISHED.clear(), FAILED.clear(), ROOTS.clear()
+    launcher = launchers.launcher_name(args)
+    args = launchers.check(args, Path(cfg.runs_dir))
+    FINISHED.clear(), FAILED.clear(), ROOTS.clear(), launchers.SWEEP_DIRS.clear()
     sweeps = cfg.get("sweeps")
     if sweeps:
         # An experiment made of several sweeps (a union of grids that one cartesian product cannot
@@ -150,11 +159,21 @@ def cmd_run(args: list[str]) -> None:
             _hydra_run(run)
     else:
         _hydra_run(args)
+    if launcher:  # the cells ran in other processes: what they did comes back through the sweep folders
+        folders, errors = launchers.reported(launchers.SWEEP_DIRS)
+        FINISHED.extend(folders)
+        for where, error in errors:
+            print(f"error: (cell run by {where}) {error}", file=sys.stderr)
+            FAILED.append(error)
+        if not folders and not errors:
+            where = ", ".join(str(d) for d in launchers.SWEEP_DIRS) or "the sweep folder"
+            print(f"[harness] no cell reported back to {where}: when the workers write to another file system, run "
+                  f"`harness report RUNS_DIR` there", file=sys.stderr)
     if FINISHED:
         from harness import report
 
         folders = list(dict.fromkeys(FINISHED))
-        root = ROOTS[0]
+        root = ROOTS[0] if ROOTS else Path(cfg.runs_dir).resolve()
         out = root / "report"
         text = report.build(out, folders=folders, runs_dir=root)  # one-off shares counted over the whole store
         print(text)

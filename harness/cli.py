@@ -113,8 +113,11 @@ def _hydra_run(args: list[str]) -> None:
     def entry(cfg) -> None:
         from harness.runner import run_cell
 
-        from harness.launchers import report_back
+        from harness.launchers import report_back, run_planned
 
+        if cfg.get("harness_plan"):  # a job of a prerequisite phase (harness/launchers.py), not a cell
+            run_planned(cfg)
+            return
         ROOTS.append(Path(cfg.runs_dir))
         try:
             folder = run_cell(cfg)
@@ -149,16 +152,15 @@ def cmd_run(args: list[str]) -> None:
     args = launchers.check(args, Path(cfg.runs_dir))
     FINISHED.clear(), FAILED.clear(), ROOTS.clear(), launchers.SWEEP_DIRS.clear()
     sweeps = cfg.get("sweeps")
-    if sweeps:
-        # An experiment made of several sweeps (a union of grids that one cartesian product cannot
-        # express): each list of overrides runs as its own -m sweep on top of the command line.
-        runs = [["-m", *args, *(str(o) for o in sweep)] for sweep in sweeps]
-        for run in runs:
-            check_overrides(run)
-        for run in runs:
-            _hydra_run(run)
-    else:
-        _hydra_run(args)
+    # An experiment made of several sweeps (a union of grids that one cartesian product cannot express): each list
+    # of overrides runs as its own -m sweep on top of the command line.
+    runs = [["-m", *args, *(str(o) for o in sweep)] for sweep in sweeps] if sweeps else [args]
+    for run in runs if sweeps else []:
+        check_overrides(run)
+    if launcher and not any(a in INFO_FLAGS for a in args):
+        _prerequisite_phases(runs, args, Path(cfg.runs_dir).resolve(), launcher)
+    for run in runs:
+        _hydra_run(run)
     if launcher:  # the cells ran in other processes: what they did comes back through the sweep folders
         folders, errors = launchers.reported(launchers.SWEEP_DIRS)
         FINISHED.extend(folders)
@@ -181,6 +183,25 @@ def cmd_run(args: list[str]) -> None:
               f"(leaderboard.md, leaderboard.csv, significance.csv, accuracy_vs_flops.png)")
     if FAILED:
         raise SystemExit(2 if len(FAILED) == 1 and not FINISHED else _summary_exit())
+
+
+def _prerequisite_phases(runs: list[list[str]], args: list[str], runs_dir: Path, launcher: str) -> None:
+    """Under a launcher: the shared artifacts the sweep's cells need, one wave of jobs per phase in dependency order
+    (DnD: every library LoRA, then every generator), before the cells run (see Strategy.prerequisites)."""
+    print("[harness] planning the shared artifacts the sweep's cells need (Strategy.prerequisites) ...",
+          file=sys.stderr, flush=True)
+    waves = launchers.plan_phases(runs)
+    for i, (phase, jobs) in enumerate(waves, 1):
+        print(f"[harness] phase {i}/{len(waves) + 1}: {phase}, {len(jobs)} job(s) on hydra/launcher={launcher}",
+              file=sys.stderr, flush=True)
+        start = len(launchers.SWEEP_DIRS)
+        _hydra_run(launchers.wave_args(args, runs_dir, phase, jobs, i))
+        _, errors = launchers.reported(launchers.SWEEP_DIRS[start:])
+        for where, error in errors:  # the cells that need it fail on their own, with the same error
+            print(f"error: (phase {phase}, run by {where}) {error}", file=sys.stderr, flush=True)
+        del launchers.SWEEP_DIRS[start:]  # what the cells report is collected from the cells' sweeps alone
+    if waves:
+        print(f"[harness] phase {len(waves) + 1}/{len(waves) + 1}: the cells", file=sys.stderr, flush=True)
 
 
 def _summary_exit() -> int:

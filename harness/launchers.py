@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -95,7 +97,8 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
         except Exception:  # noqa: BLE001 - Ray's own error for a malformed RAY_ADDRESS
             found = None
         if found is None:
-            raise HarnessError(f"hydra.launcher.ray.init.address=auto: no Ray cluster is running on this machine: {fix}")
+            raise HarnessError("hydra.launcher.ray.init.address=auto: no Ray cluster is running on this machine: "
+                               + fix)
         address = found
     hostport = address.removeprefix("ray://")
     host, _, port = hostport.rpartition(":")
@@ -139,3 +142,113 @@ def reported(sweep_dirs: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]
             if info.get("error"):
                 errors.append((f"{info.get('host')}:{info.get('pid')}", info["error"]))
     return folders, errors
+
+
+# Prerequisite phases (Strategy.prerequisites): under a launcher, the shared artifacts a sweep's cells need (DnD's
+# library LoRAs, then its generators) are built as waves of jobs, one job per artifact, before the cells run.
+PLAN = "plan.json"
+
+
+def is_hydra_arg(arg: str) -> bool:
+    """A launcher or Hydra setting of the command line, which the phases' waves keep (not a cell override)."""
+    bare = arg.removeprefix("override ").lstrip("+~")
+    return bare.startswith("hydra.") or bare.startswith("hydra/")
+
+
+def sweep_cells(args: list[str]) -> list[list[str]]:
+    """The override list of every job the sweep `args` launches, as Hydra's basic sweeper expands it (the config's
+    hydra.sweeper.params, e.g. an experiment's grid, then the command line's overrides); [] when `args` is not a
+    sweep (no -m, and no experiment that sets hydra.mode=MULTIRUN)."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from harness.cli import VALUE_FLAGS
+    from harness.settings import CONFIG_DIR
+
+    overrides, skip = [], False
+    for arg in args:
+        if skip or arg.startswith("-"):
+            skip = arg in VALUE_FLAGS and not skip
+            continue
+        overrides.append(arg)
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    first = [f"{o.input_line.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
+             else o.input_line for o in parsed]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=first, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    if not any(a in ("-m", "--multirun") for a in args) and str(cfg.hydra.get("mode")) != "RunMode.MULTIRUN":
+        return []
+    params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
+    cells = [o for o in overrides if not is_hydra_arg(o)]
+    [jobs] = BasicSweeper.split_arguments(parser.parse_overrides(params + cells), None)
+    return jobs
+
+
+def plan_phases(runs: list[list[str]], say=print) -> list[tuple[str, list[dict]]]:
+    """[(phase, its jobs)] in dependency order for the cells of the sweeps `runs`: each job one prerequisite (a
+    cell's resolved config, the phase, the item, the key), equal keys once. Cells whose config a strategy rejects
+    are left to fail on their own when they run."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from harness.settings import CONFIG_DIR
+    from harness.strategy import get_strategy
+
+    order: list[str] = []
+    jobs: dict[str, dict[str, dict]] = {}
+    cells = [cell for run in runs for cell in sweep_cells(run)]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            for overrides in cells:
+                try:
+                    cfg = compose(config_name="config", overrides=overrides)
+                    needs = get_strategy(cfg.strategy.impl).prerequisites(cfg)
+                except Exception:  # noqa: BLE001 - Hydra or the cell itself says what is wrong when it runs
+                    continue
+                for need in needs:
+                    if need.phase not in order:
+                        order.append(need.phase)
+                    jobs.setdefault(need.phase, {}).setdefault(need.key, {
+                        "phase": need.phase, "item": need.item, "key": need.key,
+                        "config": OmegaConf.to_container(cfg, resolve=True)})
+    finally:
+        GlobalHydra.instance().clear()
+    return [(phase, list(jobs[phase].values())) for phase in order]
+
+
+def wave_args(args: list[str], runs_dir: Path, phase: str, jobs: list[dict], index: int) -> list[str]:
+    """The multirun of one phase: the command line's Hydra and launcher settings, one job per prerequisite (its
+    entry in the wave's plan file, in the wave's own sweep folder under the runs folder, which every worker reads)."""
+    sweep = runs_dir / ".hydra" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}_phase{index}_{phase}"
+    sweep.mkdir(parents=True, exist_ok=True)
+    plan = sweep / PLAN
+    plan.write_text(json.dumps(jobs, indent=1))
+    return ["-m", *(a for a in args if is_hydra_arg(a)), f"runs_dir={runs_dir}", f"hydra.sweep.dir='{sweep}'",
+            f"+harness_plan='{plan}'", f"+harness_job=range(0,{len(jobs)})"]
+
+
+def run_planned(cfg) -> None:
+    """A job of a phase's wave: build the prerequisite its plan entry names (harness/runner.py: prepare_cell)."""
+    from omegaconf import OmegaConf
+
+    from harness.runner import prepare_cell
+    from harness.strategy import Prerequisite
+
+    entry = json.loads(Path(str(cfg.harness_plan)).read_text())[int(cfg.harness_job)]
+    need = Prerequisite(entry["phase"], entry["key"], entry["item"])
+    try:
+        prepare_cell(OmegaConf.create(entry["config"]), need)
+    except HarnessError as exc:
+        print(f"error: {exc}", flush=True, file=sys.stderr)
+        report_back(cfg, error=f"{need.phase} {need.item or ''}: {exc}")
+    else:
+        report_back(cfg)

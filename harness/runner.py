@@ -19,7 +19,7 @@ from harness.evaluate import engine_memory, engine_scorer, evaluate_adaptation
 from harness.flops import ModelShape
 from harness.models import adapter_problem, load_model, resolve_device, resolve_dtype
 from harness.pricing import OutputLength, QueryPricer
-from harness.strategy import AdaptContext, Adaptation, check_one_off, get_strategy, image_strategies
+from harness.strategy import AdaptContext, Adaptation, Prerequisite, check_one_off, get_strategy, image_strategies
 from harness.tasks import TaskHandle, shows_images
 from harness.vision import VisionChat
 
@@ -113,15 +113,7 @@ def run_cell(cfg) -> Path:
 
         say(f"run: {label}")
         indices = task.eval_indices(limit, subset_seed)
-        loaded = load_model(cfg.model, device, dtype)
-        chat = loaded.tokenizer
-        if loaded.processor is not None:  # prompts with images: the processor's chat template and image tokens
-            task.use_processor(loaded.processor)
-            chat = VisionChat(loaded.processor)
-        if use_chat_template(cfg, task, chat):
-            task.use_chat(chat)
-        pricing = QueryPricer(task, loaded.tokenizer, ModelShape.of(loaded.model), output,
-                              scorer=engine_scorer(cfg.engine))
+        loaded, pricing = _load(cfg, task, device, dtype, output)
 
         work = build.work
         created = not work.exists()
@@ -172,6 +164,49 @@ def run_cell(cfg) -> Path:
     value, err = result.metrics.get(metric, float("nan")), result.metrics.get(f"{metric}_stderr", float("nan"))
     say(f"done: {label}: {metric}={value:.4f} ± {err:.4f} (n={result.n})")
     return folder
+
+
+def _load(cfg, task: TaskHandle, device, dtype, output: OutputLength | None):
+    """(the loaded model, the query pricer) for a cell; the task learns the model's chat template and processor."""
+    loaded = load_model(cfg.model, device, dtype)
+    chat = loaded.tokenizer
+    if loaded.processor is not None:  # prompts with images: the processor's chat template and image tokens
+        task.use_processor(loaded.processor)
+        chat = VisionChat(loaded.processor)
+    if use_chat_template(cfg, task, chat):
+        task.use_chat(chat)
+    return loaded, QueryPricer(task, loaded.tokenizer, ModelShape.of(loaded.model), output,
+                               scorer=engine_scorer(cfg.engine))
+
+
+def prepare_cell(cfg, need: Prerequisite) -> None:
+    """Build one shared artifact the cell `cfg` needs before it adapts (Strategy.prerequisites, reused when it is
+    built already): a job of one phase of a sweep that a launcher runs in dependency order. Writes no record."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    runs_dir = Path(config["runs_dir"])
+    store.check_writable(runs_dir)
+    strategy = get_strategy(cfg.strategy.impl)
+    strategy.validate(cfg.strategy)
+    strategy.validate_cell(cfg)
+    budget = Budget.from_cfg(cfg.budget)
+    device = resolve_device(cfg.engine.device)
+    dtype = resolve_dtype(cfg.engine.dtype, device)
+    seed = as_int(cfg.seed, "seed")
+    task = TaskHandle.from_cfg(cfg.task)
+    what = need.phase + (f" {need.item}" if need.item else "")
+    say(f"prepare ({what}): {config['model']['name']} / {config['task']['name']} / {config['strategy']['name']}")
+    loaded, pricing = _load(cfg, task, device, dtype, output_length(config, task))
+    import tempfile
+
+    import torch
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory(prefix="harness-prepare-") as work:
+        ctx = AdaptContext(model=loaded.model, tokenizer=loaded.tokenizer, task=task, budget=budget,
+                           settings=cfg.strategy, seed=seed, workdir=Path(work), device=device,
+                           progress=bool(cfg.progress), model_name=config["model"]["name"], model_cfg=config["model"],
+                           pricing=pricing, shared_dir=runs_dir / config["model"]["name"] / "_shared")
+        strategy.prepare(ctx, need)
 
 
 def use_chat_template(cfg, task: TaskHandle, tokenizer) -> bool:

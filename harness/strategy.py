@@ -86,6 +86,17 @@ class ReportPage:
     render: Callable[[list], str | None]  # finished records [(folder, record)] → Markdown; None leaves it out
 
 
+@dataclass(frozen=True)
+class Prerequisite:
+    """A shared artifact a cell builds before it adapts (Strategy.prerequisites). Under a launcher, `harness run`
+    builds each phase's prerequisites of all the sweep's cells as one wave of jobs (equal keys: one job), the phases
+    in the order the strategies list them, then runs the cells."""
+
+    phase: str  # e.g. "library", then "generator"
+    key: str  # what is built: cells whose prerequisites share a key share one job
+    item: str | None = None  # which one within the phase, e.g. the library task; None: the cell's own
+
+
 class Strategy(abc.ABC):
     """What a strategy is to the harness: `adapt`, and hooks whose defaults suit a strategy that needs none.
 
@@ -128,6 +139,16 @@ class Strategy(abc.ABC):
         (its PhaseCosts with shared_by set, which the budget's one_off policy charges and the report amortizes);
         the runner refuses an adaptation that books an undeclared one. Default: none."""
         return ()
+
+    def prerequisites(self, cfg) -> list[Prerequisite]:
+        """The shared artifacts the cell `cfg` builds before it adapts, in dependency order (DnD: each library LoRA,
+        then the generator). Only a launcher's sweep uses them, to build them in parallel waves before the cells;
+        `adapt` still builds whatever is missing. Cheap: no model or data is loaded. Default: none."""
+        return []
+
+    def prepare(self, ctx: AdaptContext, need: Prerequisite) -> None:
+        """Build one of the cell's prerequisites (reusing it when it is already built), with the checks `adapt` makes
+        before spending compute. Called only for what `prerequisites` lists. Default: nothing to build."""
 
     def report_pages(self) -> list[ReportPage]:
         """Pages this strategy adds to `harness report`. Default: none."""

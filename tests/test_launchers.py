@@ -154,3 +154,57 @@ def test_a_relative_runs_folder_is_made_absolute_for_the_workers(tmp_path, monke
     assert launchers.check(["hydra/launcher=submitit_local"], Path("runs")) == \
         ["hydra/launcher=submitit_local", f"runs_dir={tmp_path / 'runs'}"]
     assert launchers.check(["hydra/launcher=submitit_local"], tmp_path / "abs") == ["hydra/launcher=submitit_local"]
+
+
+# DnD leave-one-out at toy scale: two targets over a universe of three tasks, so the two generators share one of
+# their two library LoRAs (openbookqa) and each library LoRA serves one or two targets.
+DND = ["model=tiny-random", "strategy.universe=[arc_easy,boolq,openbookqa]", "strategy.collect.steps=3",
+       "strategy.collect.checkpoints=2", "strategy.collect.check_items=4", "strategy.meta_train.steps=4",
+       "strategy.bank=16", "eval.limit=4", "budget=flops_3e12", "progress=false"]
+
+
+def test_the_phases_of_a_sweep_are_its_cells_prerequisites_once_each():
+    """DnD, its mean control and T2L on two targets: the three library LoRAs once (all three strategies read the
+    same library), then one generator per target for DnD and one hypernetwork per target for T2L; base adds
+    nothing. The 210 cells of the paper-scale experiment need 7 library LoRAs and 7 generators."""
+    from harness import launchers
+
+    library = [a for a in DND if not a.startswith(("strategy.meta_train", "strategy.bank"))]
+    runs = [["-m", "task=arc_easy,boolq", "strategy=dnd,dnd_mean", "seed=0,1", *DND],  # an experiment's sweeps
+            ["-m", "task=arc_easy,boolq", "strategy=t2l", "seed=0,1", *library],
+            ["-m", "task=arc_easy,boolq", "strategy=base", "model=tiny-random"]]
+    phases = launchers.plan_phases(runs)
+    assert [(phase, len(jobs)) for phase, jobs in phases] == [("library", 3), ("generator", 4)]
+    library, generators = phases[0][1], phases[1][1]
+    assert sorted(j["item"] for j in library) == ["arc_easy", "boolq", "openbookqa"]
+    assert sorted((j["config"]["strategy"]["name"], j["config"]["task"]["name"]) for j in generators) == \
+        [("dnd", "arc_easy"), ("dnd", "boolq"), ("t2l", "arc_easy"), ("t2l", "boolq")]
+    assert all(j["config"]["seed"] == 0 for j in generators)  # seeds share the generator: the first cell's
+    assert launchers.sweep_cells(["task=boolq", "strategy=dnd", *DND]) == []  # not a sweep: no phases
+    assert len(launchers.sweep_cells(["experiment=dnd_commonsense_loo"])) == 7 * 5 * 6
+
+
+def test_a_dnd_sweep_on_a_launcher_builds_libraries_then_generators_then_cells(tmp_path):
+    """One command: wave 1 trains each library LoRA once (the one both targets need, too), wave 2 each target's
+    generator, wave 3 the cells, which reuse both and train nothing."""
+    _plugin("hydra_submitit_launcher")
+    runs = tmp_path / "runs"
+    done = _harness(runs, "run", "-m", "task=arc_easy,boolq", "strategy=dnd", *DND, "hydra/launcher=submitit_local")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[harness] phase 1/3: library, 3 job(s) on hydra/launcher=submitit_local" in done.stderr
+    assert "[harness] phase 2/3: generator, 2 job(s) on hydra/launcher=submitit_local" in done.stderr
+    assert "[harness] phase 3/3: the cells" in done.stderr
+    waves = sorted(d for d in (runs / ".hydra").iterdir() if d.is_dir())
+    logs = {d.name: "".join(p.read_text() for p in sorted(d.rglob(".submitit/*/*_log.err"))) for d in waves}
+    library = next(text for name, text in logs.items() if name.endswith("_phase1_library"))
+    generator = next(text for name, text in logs.items() if name.endswith("_phase2_generator"))
+    [cells] = [text for name, text in logs.items() if "_phase" not in name]
+    for task in ("arc_easy", "boolq", "openbookqa"):
+        assert library.count(f"training the library LoRA of {task} ") == 1
+    assert generator.count("dnd meta_train: generator tiny-random on ") == 2
+    assert "training the library LoRA" not in generator + cells and "meta_train: generator" not in cells
+    assert cells.count("] run: tiny-random / ") == 2 and cells.count("] done: tiny-random / ") == 2
+    assert len(list(runs.rglob("record.json"))) == 2
+    shared = runs / "tiny-random" / "_shared"
+    assert len(list(shared.glob("library/*/entry.json"))) == 3 and len(list(shared.glob("generators/*"))) == 2
+    assert "[harness] 2 cell(s)" in done.stdout

@@ -7,7 +7,11 @@ adapters); its record carries the collapse diagnostic (diagnostics.py).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from omegaconf import OmegaConf
@@ -27,7 +31,7 @@ from harness.costs import PhaseMeter
 from harness.errors import HarnessError
 from harness.pricing import lora_serving
 from harness.settings import CONFIG_DIR
-from harness.strategy import AdaptContext, Adaptation, ReportPage, Strategy
+from harness.strategy import AdaptContext, Adaptation, Prerequisite, ReportPage, Strategy
 from harness.strategy_settings import settings_from
 from harness.tasks import dataset_identity
 
@@ -97,6 +101,36 @@ class _LibraryStrategy(Strategy):
 
     def one_off_phases(self, settings) -> tuple[str, ...]:
         return ("collect",)  # the library LoRAs, shared by every target whose library holds their task
+
+    def _collect_for(self, settings, model_cfg: dict, model_name: str) -> CollectSettings:
+        """The library's collect settings, from the config alone: DnD's preset (strategy.preset, else the model's
+        dnd_preset) fills what the recipe leaves null."""
+        name = settings.get("preset") or model_cfg.get("dnd_preset")
+        if not name:
+            raise HarnessError(f"DnD: model {model_name} names no dnd_preset: set strategy.preset "
+                               f"(harness list dnd-presets)")
+        return self._settings(settings).collect.for_preset(get_preset(str(name)))
+
+    def prerequisites(self, cfg) -> list[Prerequisite]:
+        """One library LoRA per library task, keyed by what it is trained from (the model, the collect settings),
+        so that every strategy of the sweep that reads the same library shares one job for each."""
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        collect = self._collect_for(cfg.strategy, model, str(cfg.model.name))
+        base = _digest([model, asdict(collect)])
+        return [Prerequisite("library", f"dnd-library/{base}/{task}", task)
+                for task in library_tasks(cfg.strategy, str(cfg.task.name))]
+
+    def prepare(self, ctx: AdaptContext, need: Prerequisite) -> None:
+        """The library phase: one library LoRA, once this target's share of the library fits the budget."""
+        if need.phase != "library":
+            raise HarnessError(f"{ctx.settings.name}: no prerequisite phase {need.phase!r} (library)")
+        collect = self._collect_for(ctx.settings, ctx.model_cfg, ctx.model_name)
+        names = library_tasks(ctx.settings, ctx.task.name)
+        tasks = {name: task_handle(name) for name in names}
+        per_query, _ = self._serving(ctx, collect)
+        self._check_plan(ctx, self._planned_library(ctx, collect, names, tasks), 0.0, per_query,
+                         f"the library of {len(names)} LoRAs")
+        self._library(ctx, collect, [str(need.item)], tasks)
 
     def report_pages(self) -> list[ReportPage]:
         return [ReportPage("dnd_loo.md", "DnD leave-one-out", report.LOO_INTRO, report.loo_table),
@@ -182,6 +216,10 @@ class _LibraryStrategy(Strategy):
         return lora_serving(ctx.pricing, ctx.model, collect.lora())
 
 
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _target_prompts(ctx: AdaptContext, n: int) -> tuple[list[str], list[int]]:
     """N unlabeled prompts from the target's adaptation pool (never an evaluated item), chosen by the seed."""
     pool = ctx.task.pool_docs
@@ -227,14 +265,34 @@ class DragAndDrop(_LibraryStrategy):
     def one_off_phases(self, settings) -> tuple[str, ...]:
         return ("collect", "meta_train")  # the library and the generator trained on it
 
-    def adapt(self, ctx: AdaptContext) -> Adaptation:
+    def prerequisites(self, cfg) -> list[Prerequisite]:
+        """The library LoRAs, then this target's generator (the same for every seed: seeds are prompt batches)."""
+        library = super().prerequisites(cfg)
+        if not library:
+            return []
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        settings = OmegaConf.to_container(cfg.strategy, resolve=True)
+        key = _digest([model, settings, [need.key for need in library]])
+        return [*library, Prerequisite("generator", f"dnd-generator/{key}")]
+
+    def prepare(self, ctx: AdaptContext, need: Prerequisite) -> None:
+        plan = self._planned(ctx)
+        if need.phase == "library":
+            self._library(ctx, plan.collect, [str(need.item)], plan.tasks)
+        elif need.phase == "generator":
+            self._generator(ctx, plan)
+        else:
+            raise HarnessError(f"dnd: no prerequisite phase {need.phase!r} (library, generator)")
+
+    def _planned(self, ctx: AdaptContext) -> SimpleNamespace:
+        """What adapt knows before any compute, once it has checked that this target's share of the library and
+        the generator fits the budget."""
         s = ctx.settings
         preset, collect, tok, names = self._setup(ctx)
         encoder = load_encoder(str(s.encoder), "cpu" if ctx.device.type != "cuda" else str(ctx.device))
         tasks = {name: task_handle(name) for name in names}
         meta = self._meta(s, preset)
         per_query, n_lora = self._serving(ctx, collect)
-        # Before any compute: does this target's share of the library and the generator fit the budget?
         plan = self._planned_library(ctx, collect, names, tasks)
         keys = [entry_key(ctx.model_cfg, tasks[n], collect) for n in names]
         gkey = generator_key(preset, encoder.name, meta, int(s.bank), keys)
@@ -245,15 +303,27 @@ class DragAndDrop(_LibraryStrategy):
                      "wall_s": cached.wall_s if cached else 0.0, "shared_by": shared_by(s, ctx.task.name, names)})
         self._check_plan(ctx, plan, predict_generate_flops(preset, encoder), per_query,
                          f"DnD's one-off phases ({len(names)} library LoRAs and the generator's training)")
+        return SimpleNamespace(preset=preset, collect=collect, tok=tok, names=names, encoder=encoder, tasks=tasks,
+                               meta=meta, per_query=per_query, n_lora=n_lora)
 
-        entries, costs = self._library(ctx, collect, names, tasks)
-        trained, reused = meta_train(preset, encoder, entries, tasks, tok, meta, int(s.bank),
-                                     ctx.shared_dir, ctx.device, ctx.progress, say=say,
-                                     score=_seen_task_scorer(ctx, tasks, entries[0].adapter, collect.check_items))
+    def _generator(self, ctx: AdaptContext, plan: SimpleNamespace):
+        """(library entries, their costs, the trained generator, its cost): the library, then the generator."""
+        entries, costs = self._library(ctx, plan.collect, plan.names, plan.tasks)
+        trained, reused = meta_train(plan.preset, plan.encoder, entries, plan.tasks, plan.tok, plan.meta,
+                                     int(ctx.settings.bank), ctx.shared_dir, ctx.device, ctx.progress, say=say,
+                                     score=_seen_task_scorer(ctx, plan.tasks, entries[0].adapter,
+                                                             plan.collect.check_items))
         train_cost = trained.cost
-        train_cost.shared_by = shared_by(s, ctx.task.name, names)
+        train_cost.shared_by = shared_by(ctx.settings, ctx.task.name, plan.names)
         train_cost.artifact = f"dnd-generator/{trained.key[:16]}"
         train_cost.details = {**train_cost.details, "reused": reused}
+        return entries, costs, trained, train_cost
+
+    def adapt(self, ctx: AdaptContext) -> Adaptation:
+        plan = self._planned(ctx)
+        preset, tok, names, encoder, per_query, n_lora = (plan.preset, plan.tok, plan.names, plan.encoder,
+                                                          plan.per_query, plan.n_lora)
+        entries, costs, trained, train_cost = self._generator(ctx, plan)
         prompts, rows = _target_prompts(ctx, preset.n_prompts)
         with PhaseMeter("generate", ctx.device) as meter:
             tokens = generate_tokens(trained, encoder, prompts, meter, ctx.device)

@@ -44,6 +44,9 @@ class ArrowRouting(_LibraryStrategy):
     def _settings(self, settings) -> ArrowSettings:
         return settings_from(ArrowSettings, settings)
 
+    def _collect_for(self, settings, model_cfg: dict, model_name: str) -> CollectSettings:
+        return self._settings(settings).resolved_collect(model_cfg, model_name)
+
     def uses_seed(self, settings) -> bool:
         return False  # routing is deterministic; `seed` is peft's for any sampling it does
 

@@ -24,7 +24,7 @@ from harness.config_checks import as_int
 from harness.console import say
 from harness.costs import PhaseCost, PhaseMeter
 from harness.models import adapter_problem
-from harness.strategy import AdaptContext, Adaptation
+from harness.strategy import AdaptContext, Adaptation, Prerequisite
 from harness.strategy_settings import settings_from
 from harness.trainer import predict_train_flops, train_lora
 
@@ -53,6 +53,9 @@ def _key(model_cfg: dict, tasks, settings: CollectSettings, steps: int, seed: in
 class MultitaskLora(_LibraryStrategy):
     def _settings(self, settings) -> MultitaskSettings:
         return settings_from(MultitaskSettings, settings)
+
+    def prerequisites(self, cfg) -> list[Prerequisite]:
+        return []  # it trains one LoRA on the library tasks' data, not the library's LoRAs
 
     def uses_seed(self, settings) -> bool:
         return False  # one LoRA per library; `seed` in the config orders its batches

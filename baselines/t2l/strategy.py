@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+from omegaconf import OmegaConf
 
 from baselines.dnd.generator import write_adapter
-from baselines.dnd.library import entry_key, recipes_digest, task_handle
-from baselines.dnd.strategy import _LibraryStrategy, _seen_task_scorer, library_tasks, shared_by
+from baselines.dnd.library import CollectSettings, entry_key, recipes_digest, task_handle
+from baselines.dnd.strategy import _digest, _LibraryStrategy, _seen_task_scorer, library_tasks, shared_by
 from baselines.t2l import descriptions as desc
 from baselines.t2l import report
 from baselines.t2l.config import T2LSettings, get_preset, presets_fitting, print_presets, shape_of_model
@@ -25,13 +27,34 @@ from harness.console import say
 from harness.costs import PhaseMeter
 from harness.errors import HarnessError
 from harness.flops import ModelShape
-from harness.strategy import AdaptContext, Adaptation, ReportPage
+from harness.strategy import AdaptContext, Adaptation, Prerequisite, ReportPage
 from harness.strategy_settings import settings_from
 
 
 class TextToLoRA(_LibraryStrategy):
     def _settings(self, settings) -> T2LSettings:
         return settings_from(T2LSettings, settings)
+
+    def _collect_for(self, settings, model_cfg: dict, model_name: str) -> CollectSettings:
+        return self._settings(settings).resolved_collect(model_cfg, model_name)
+
+    def prerequisites(self, cfg) -> list[Prerequisite]:
+        """The library LoRAs, then the hypernetwork trained on them (one for every seed and description)."""
+        library = super().prerequisites(cfg)
+        settings = OmegaConf.to_container(cfg.strategy, resolve=True)
+        for key in ("description", "descriptions"):  # what the target is told: not the hypernetwork's input
+            settings.pop(key, None)
+        key = _digest([OmegaConf.to_container(cfg.model, resolve=True), settings, [n.key for n in library]])
+        return [*library, Prerequisite("generator", f"t2l-hypernet/{key}")]
+
+    def prepare(self, ctx: AdaptContext, need: Prerequisite) -> None:
+        plan = self._planned(ctx)
+        if need.phase == "library":
+            self._library(ctx, plan.collect, [str(need.item)], plan.tasks)
+        elif need.phase == "generator":
+            self._trained(ctx, plan)
+        else:
+            raise HarnessError(f"t2l: no prerequisite phase {need.phase!r} (library, generator)")
 
     def uses_seed(self, settings) -> bool:
         """The seed picks the description (or the control's); a user's own description is one cell."""
@@ -70,15 +93,15 @@ class TextToLoRA(_LibraryStrategy):
         preset.check_fits(shape, ctx.model_name, presets_fitting(shape))
         return s, collect, preset, library_tasks(ctx.settings, ctx.task.name)
 
-    def adapt(self, ctx: AdaptContext) -> Adaptation:
+    def _planned(self, ctx: AdaptContext) -> SimpleNamespace:
+        """What adapt knows before any compute, once this target's share of the library and the hypernetwork fits
+        the budget."""
         s, collect, preset, names = self._setup(ctx)
         hyper = s.hypernet
         encoder = desc.DescriptionEncoder(s.encoder, ctx.device, ctx.model, ctx.tokenizer)
         tasks = {name: task_handle(name) for name in names}
         per_query, n_lora = self._serving(ctx, collect)
-        text, source = desc.for_target(ctx.task.name, s.descriptions, ctx.seed, names, s.description)
 
-        # Before any compute: this target's share of the library and the hypernetwork must fit the budget.
         plan = self._planned_library(ctx, collect, names, tasks)
         key = hypernet_key(preset, hyper, encoder.name, [entry_key(ctx.model_cfg, tasks[n], collect) for n in names],
                            encoder.dim)
@@ -92,7 +115,12 @@ class TextToLoRA(_LibraryStrategy):
             generate_flops = build_net(preset, hyper, encoder.dim).flops()
         self._check_plan(ctx, plan, generate_flops, per_query,
                          f"T2L's one-off phases ({len(names)} library LoRAs and the hypernetwork's training)")
+        return SimpleNamespace(s=s, collect=collect, preset=preset, names=names, hyper=hyper, encoder=encoder,
+                               tasks=tasks, per_query=per_query, n_lora=n_lora)
 
+    def _trained(self, ctx: AdaptContext, plan: SimpleNamespace):
+        """(library entries, their costs, the trained hypernetwork, its cost, the LoRA's weight names)."""
+        names, tasks, collect, hyper, encoder = plan.names, plan.tasks, plan.collect, plan.hyper, plan.encoder
         entries, costs = self._library(ctx, collect, names, tasks)
         keys = sorted(entries[0].state())
         sft = None
@@ -105,12 +133,20 @@ class TextToLoRA(_LibraryStrategy):
         def diagnose(trained) -> dict:
             return _reconstruction(trained, encoder, entries, keys, score)
 
-        trained, reused = meta_train(preset, hyper, encoder, entries, ctx.shared_dir, ctx.device, ctx.progress,
+        trained, reused = meta_train(plan.preset, hyper, encoder, entries, ctx.shared_dir, ctx.device, ctx.progress,
                                      say=say, sft=sft, diagnose=diagnose)
         train_cost = trained.cost
         train_cost.shared_by = shared_by(ctx.settings, ctx.task.name, names)
         train_cost.artifact = f"t2l-hypernet/{trained.key[:16]}"
         train_cost.details = {**train_cost.details, "reused": reused}
+        return entries, costs, trained, train_cost, keys
+
+    def adapt(self, ctx: AdaptContext) -> Adaptation:
+        plan = self._planned(ctx)
+        s, preset, names, hyper, encoder = plan.s, plan.preset, plan.names, plan.hyper, plan.encoder
+        per_query, n_lora = plan.per_query, plan.n_lora
+        text, source = desc.for_target(ctx.task.name, s.descriptions, ctx.seed, names, s.description)
+        entries, costs, trained, train_cost, keys = self._trained(ctx, plan)
 
         with PhaseMeter("generate", ctx.device) as meter:
             with meter.count():

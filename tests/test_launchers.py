@@ -121,6 +121,7 @@ def _free_port() -> int:
     (["hydra/launcher=ray", "hydra.launcher.ray.init.address=127.0.0.1:{port}"],
      "cannot reach the Ray cluster at 127.0.0.1:{port}"),
     (["hydra/launcher=ray", "hydra.launcher.ray.init.address=nowhere"], "Ray address 'nowhere' is not HOST:PORT"),
+    (["hydra/launcher=ray", "hydra.launcher.ray.init.address=auto"], "no Ray cluster is running on this machine"),
 ])
 def test_bad_launchers_are_one_line_errors(tmp_path, args, expected):
     _plugin("hydra_ray_launcher")

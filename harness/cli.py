@@ -167,7 +167,7 @@ def cmd_run(args: list[str]) -> None:
         for where, error in errors:
             print(f"error: (cell run by {where}) {error}", file=sys.stderr)
             FAILED.append(error)
-        if not folders and not errors:
+        if not folders and not errors and not FINISHED and not FAILED:  # (a single cell runs here: no report)
             where = ", ".join(str(d) for d in launchers.SWEEP_DIRS) or "the sweep folder"
             print(f"[harness] no cell reported back to {where}: when the workers write to another file system, run "
                   f"`harness report RUNS_DIR` there", file=sys.stderr)

@@ -96,20 +96,6 @@ def test_a_launcher_sweep_gives_the_sequential_records(tmp_path, sequential, lau
     assert (runs / "report" / "leaderboard.csv").read_text().count("tiny-random") == 4
 
 
-def test_a_worker_given_a_cell_another_is_running_skips_it(tmp_path):
-    """Base ignores the seed: seeds 0 and 1 are one cell, given to two workers at once; one runs it."""
-    _plugin("hydra_submitit_launcher")
-    runs = tmp_path / "runs"
-    done = _harness(runs, "run", "-m", "model=tiny-random", "task=arc_easy", "strategy=base", "seed=0,1",
-                    "eval.limit=4", "progress=false", "hydra/launcher=submitit_local")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert len(list(runs.rglob("record.json"))) == 1
-    logs = "".join(p.read_text() for p in runs.rglob(".submitit/*/*_log.err"))
-    assert logs.count("] run: tiny-random / arc_easy / base") == 1
-    assert logs.count("skip (finished") == 1
-    assert "[harness] 1 cell(s)" in done.stdout
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -209,3 +195,15 @@ def test_a_dnd_sweep_on_a_launcher_builds_libraries_then_generators_then_cells(t
     shared = runs / "tiny-random" / "_shared"
     assert len(list(shared.glob("library/*/entry.json"))) == 3 and len(list(shared.glob("generators/*"))) == 2
     assert "[harness] 2 cell(s)" in done.stdout
+
+
+def test_a_single_cell_with_a_launcher_runs_here_and_prints_its_report(tmp_path):
+    """Without -m Hydra runs the one cell in this process whatever the launcher: the report is printed as usual
+    and nothing claims that cells failed to report back."""
+    _plugin("hydra_submitit_launcher")
+    runs = tmp_path / "runs"
+    done = _harness(runs, "run", "model=tiny-random", "task=arc_easy", "strategy=base", "eval.limit=2",
+                    "progress=false", "hydra/launcher=submitit_local")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[harness] 1 cell(s)" in done.stdout and "reported back" not in done.stderr
+    assert len(list(runs.rglob("record.json"))) == 1 and not (runs / ".hydra").exists()

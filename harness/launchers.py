@@ -199,8 +199,8 @@ def plan_phases(runs: list[list[str]], say=print) -> list[tuple[str, list[dict]]
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
+    from harness.runner import checked_strategy
     from harness.settings import CONFIG_DIR
-    from harness.strategy import get_strategy
 
     order: list[str] = []
     jobs: dict[str, dict[str, dict]] = {}
@@ -211,7 +211,7 @@ def plan_phases(runs: list[list[str]], say=print) -> list[tuple[str, list[dict]]
             for overrides in cells:
                 try:
                     cfg = compose(config_name="config", overrides=overrides)
-                    needs = get_strategy(cfg.strategy.impl).prerequisites(cfg)
+                    needs = checked_strategy(cfg).prerequisites(cfg)  # a cell the runner refuses needs nothing
                 except Exception:  # noqa: BLE001 - Hydra or the cell itself says what is wrong when it runs
                     continue
                 for need in needs:

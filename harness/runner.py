@@ -47,18 +47,8 @@ def run_cell(cfg) -> Path:
     # Everything that can be checked without compute is checked first.
     runs_dir = Path(config["runs_dir"])
     store.check_writable(runs_dir)
-    strategy = get_strategy(cfg.strategy.impl)
-    strategy.validate(cfg.strategy)
+    strategy = checked_strategy(cfg)
     vision = cfg.model.get("modality", "text") == "vision"
-    if shows_images(cfg.task):
-        if not vision:
-            raise HarnessError(f"task {cfg.task.name} shows an image with every item; model {cfg.model.name} is "
-                               "text-only: use a vision-language model (model=tiny-random-vlm offline; qwen2.5-vl-3b, "
-                               "smolvlm-256m ...)")
-        if not strategy.adapts_images(cfg.strategy):
-            raise HarnessError(f"strategy {cfg.strategy.name} does not adapt on tasks with images (task "
-                               f"{cfg.task.name}): use one of {', '.join(image_strategies())}")
-    strategy.validate_cell(cfg)
     config["seed"] = as_int(cfg.seed, "seed")
     if config["seed"] != 0 and not strategy.uses_seed(cfg.strategy):
         # The seed changes nothing this strategy computes: every seed is the seed-0 cell, run once.
@@ -166,6 +156,22 @@ def run_cell(cfg) -> Path:
     return folder
 
 
+def checked_strategy(cfg):
+    """The cell's strategy, once its settings and the cell itself pass the checks that need no compute."""
+    strategy = get_strategy(cfg.strategy.impl)
+    strategy.validate(cfg.strategy)
+    if shows_images(cfg.task):
+        if cfg.model.get("modality", "text") != "vision":
+            raise HarnessError(f"task {cfg.task.name} shows an image with every item; model {cfg.model.name} is "
+                               "text-only: use a vision-language model (model=tiny-random-vlm offline; qwen2.5-vl-3b, "
+                               "smolvlm-256m ...)")
+        if not strategy.adapts_images(cfg.strategy):
+            raise HarnessError(f"strategy {cfg.strategy.name} does not adapt on tasks with images (task "
+                               f"{cfg.task.name}): use one of {', '.join(image_strategies())}")
+    strategy.validate_cell(cfg)
+    return strategy
+
+
 def _load(cfg, task: TaskHandle, device, dtype, output: OutputLength | None):
     """(the loaded model, the query pricer) for a cell; the task learns the model's chat template and processor."""
     loaded = load_model(cfg.model, device, dtype)
@@ -185,9 +191,7 @@ def prepare_cell(cfg, need: Prerequisite) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     runs_dir = Path(config["runs_dir"])
     store.check_writable(runs_dir)
-    strategy = get_strategy(cfg.strategy.impl)
-    strategy.validate(cfg.strategy)
-    strategy.validate_cell(cfg)
+    strategy = checked_strategy(cfg)
     budget = Budget.from_cfg(cfg.budget)
     device = resolve_device(cfg.engine.device)
     dtype = resolve_dtype(cfg.engine.dtype, device)

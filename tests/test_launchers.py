@@ -159,7 +159,8 @@ def test_the_phases_of_a_sweep_are_its_cells_prerequisites_once_each():
     library = [a for a in DND if not a.startswith(("strategy.meta_train", "strategy.bank"))]
     runs = [["-m", "task=arc_easy,boolq", "strategy=dnd,dnd_mean", "seed=0,1", *DND],  # an experiment's sweeps
             ["-m", "task=arc_easy,boolq", "strategy=t2l", "seed=0,1", *library],
-            ["-m", "task=arc_easy,boolq", "strategy=base", "model=tiny-random"]]
+            ["-m", "task=arc_easy,boolq", "strategy=base", "model=tiny-random"],
+            ["-m", "task=mathvista", "strategy=dnd", "seed=0,1", *DND]]  # refused by the runner: needs nothing
     phases = launchers.plan_phases(runs)
     assert [(phase, len(jobs)) for phase, jobs in phases] == [("library", 3), ("generator", 4)]
     library, generators = phases[0][1], phases[1][1]

@@ -36,18 +36,24 @@ def _fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
-def check_overrides(args: list[str]):
-    """Malformed overrides, unknown group options and unknown keys, before anything runs; returns the
-    config of the sweep's first cell."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
+def override_args(args: list[str]) -> list[str]:
+    """The overrides of a `harness run` command line: its arguments less Hydra's flags and their values."""
     overrides, skip = [], False
     for arg in args:
         if skip or arg.startswith("-"):
             skip = arg in VALUE_FLAGS and not skip
             continue
         overrides.append(arg)
+    return overrides
+
+
+def check_overrides(args: list[str]):
+    """Malformed overrides, unknown group options and unknown keys, before anything runs; returns the
+    config of the sweep's first cell."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    overrides = override_args(args)
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)

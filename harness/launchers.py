@@ -164,15 +164,10 @@ def sweep_cells(args: list[str]) -> list[list[str]]:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from harness.cli import VALUE_FLAGS
+    from harness.cli import override_args
     from harness.settings import CONFIG_DIR
 
-    overrides, skip = [], False
-    for arg in args:
-        if skip or arg.startswith("-"):
-            skip = arg in VALUE_FLAGS and not skip
-            continue
-        overrides.append(arg)
+    overrides = override_args(args)
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(overrides)
     first = [f"{o.input_line.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
